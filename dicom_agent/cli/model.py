@@ -1,0 +1,107 @@
+"""``model train | export | eval``: build, export and measure the bundled model (design notes, "Command line").
+
+The heavy imports (torch, the phantom generator) happen inside the commands so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicom_agent.cli.common import fail, out
+
+app = typer.Typer(help="Train, export and evaluate the bundled model (synthetic phantoms; not for clinical use).")
+
+DEFAULT_RUN = Path("models/runs/latest")
+DEFAULT_BUNDLE = Path("models/bundled")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+
+@app.command()
+def train(
+    steps: Annotated[int | None, typer.Option(min=1, help="stage-1 steps (default: the shipped recipe)")] = None,
+    steps2: Annotated[int | None, typer.Option(min=0, help="stage-2 steps (default: same as --steps)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = DEFAULT_RUN,
+    seed: Annotated[int, typer.Option(help="torch/numpy seed of the run")] = 0,
+    cases_cxr: Annotated[int | None, typer.Option(min=8, help="training radiographs")] = None,
+    cases_volume: Annotated[int | None, typer.Option(min=4, help="training volumes per modality (CT, PET)")] = None,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Two-stage training budgeted by steps; writes checkpoint.pt, tokenizer.json, history.json."""
+    _logging()
+    try:
+        from models.train import TrainConfig
+        from models.train import train as run_train
+    except ImportError as exc:
+        fail(f"training needs the project checkout (models/): {exc}")
+    cfg = TrainConfig(seed=seed, threads=threads)
+    if steps is not None:
+        cfg.steps1 = steps
+        cfg.steps2 = steps if steps2 is None else steps2
+    elif steps2 is not None:
+        cfg.steps2 = steps2
+    if cases_cxr is not None:
+        cfg.n_cxr = cases_cxr
+        cfg.n_val = min(cfg.n_val, cases_cxr)
+    if cases_volume is not None:
+        cfg.n_ct = cfg.n_pet = cases_volume
+        cfg.n_val = min(cfg.n_val, cases_volume)
+    ckpt = run_train(cfg, out_dir)
+    out(f"checkpoint {ckpt}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path, typer.Option("--run", help="run directory with checkpoint.pt + tokenizer.json")
+    ] = DEFAULT_RUN,
+    out_dir: Annotated[Path, typer.Option("--out", help="bundle directory")] = DEFAULT_BUNDLE,
+    int8: Annotated[bool, typer.Option(help="dynamic int8 quantization of enc2d and dec_step")] = False,
+) -> None:
+    """Export ONNX graphs (opset 18, dynamic batch) + tokenizer + manifest.json into the bundle directory."""
+    _logging()
+    ckpt, tok = run_dir / "checkpoint.pt", run_dir / "tokenizer.json"
+    if not ckpt.is_file() or not tok.is_file():
+        fail(f"{run_dir} has no checkpoint.pt/tokenizer.json (run `dicom-agent model train` first)")
+    from models.export import write_bundle
+
+    manifest = write_bundle(ckpt, tok, out_dir, int8=int8)
+    total = sum((out_dir / f["path"]).stat().st_size for f in manifest["files"].values())
+    out(f"bundle {out_dir} ({total / 1e6:.1f} MB): {', '.join(manifest['files'])}")
+
+
+@app.command("eval")
+def evaluate(
+    bundle: Annotated[Path, typer.Option(help="bundle directory")] = DEFAULT_BUNDLE,
+    cases: Annotated[int, typer.Option(min=4, help="held-out cases per modality")] = 300,
+    vqa_cases: Annotated[int, typer.Option(min=0, help="cases per modality whose VQA pairs are decoded")] = 100,
+    corruptions: Annotated[bool, typer.Option(help="also measure under noise/blur/contrast corruptions")] = True,
+    write: Annotated[bool, typer.Option(help="write the metrics into manifest.json and docs/model.md tables")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write all metrics as JSON here")] = None,
+) -> None:
+    """Held-out synthetic evaluation of a bundle (ONNX Runtime): AUROC, ECE, mAP@0.5, Dice, slice hits, VQA."""
+    _logging()
+    from models.evaluate import EvalConfig, format_tables, run_eval
+
+    cfg = EvalConfig(cases=cases, vqa_cases=vqa_cases, corruptions=corruptions)
+    metrics = run_eval(bundle, cfg)
+    out(format_tables(metrics))
+    if json_out is not None:
+        import json
+
+        json_out.write_text(json.dumps(metrics, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if write:
+        from models.evaluate import write_metrics
+
+        write_metrics(bundle, metrics)
+        out(f"metrics written into {bundle / 'manifest.json'}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="model")

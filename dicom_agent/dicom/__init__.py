@@ -1,0 +1,1 @@
+"""Pure DICOM vocabulary: statuses, UIDs, codes. No I/O, no imports from higher layers."""

@@ -1,0 +1,1 @@
+"""⑧ Export: the durable outbox and the C-STORE SCU that delivers results to destinations."""

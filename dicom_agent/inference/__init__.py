@@ -1,0 +1,1 @@
+"""⑥ Inference: bundle manifest, ONNX/torch runtimes, preprocessing, the infer → encode contract."""

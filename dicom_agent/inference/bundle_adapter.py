@@ -1,0 +1,479 @@
+"""The exported bundle as a :class:`ModelAdapter`: DICOM in, :class:`StudyFindings` on source images out.
+
+Stages (each timed into ``StudyFindings.timings``): preprocess (pydicom radiographs, SimpleITK volumes, exactly
+as the manifest's ``inputs`` say) → heads (ONNX Runtime via the model engineer's ``BundleRunner``: probabilities
+thresholded per label, CenterNet boxes, masks) → map back (boxes onto the source pixel grid of the right SOP
+instance / frame, masks onto each source series by nearest neighbour) → render (deterministic EN/ZH text of
+record) → narrative (optional decoder text, parsed back and compared with the heads; disagreements flagged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from dicom_agent.errors import PermanentInferenceError
+from dicom_agent.inference.agreement import flag_disagreements
+from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, cxr_location
+from dicom_agent.inference.manifest import load_bundle
+from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
+from dicom_agent.inference.render import render
+from dicom_agent.inference.series import select_series
+from dicom_agent.inference.types import Box, Finding, ImageRef, Mask, StudyFindings, StudyInput
+from dicom_agent.inference.vocabulary import LabelSpec
+from dicom_agent.inference.volume import Volume, VolumeGrid, boxes_from_mask, load_volume, window
+
+log = logging.getLogger(__name__)
+
+MIN_PART_PIXELS = 4  # a side of a non-focal mask smaller than this is noise, not a bilateral finding
+MAX_LESIONS_PER_LABEL = 5
+
+
+@dataclass
+class _Input:
+    """One model input of the study (a radiograph frame or a volume) with its features for the decoder."""
+
+    kind: str  # "cxr" | "ct" | "pet"
+    features: Any
+    probabilities: dict[str, float]
+    radiograph: Radiograph | None = None
+    volume: Volume | None = None
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class BundleAdapter:
+    """Loads a verified bundle once; ``predict`` and ``ask`` run per study."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: str = "auto",
+        languages: tuple[str, ...] = ("en", "zh"),
+        threads: int | None = None,
+        narrative: bool = True,
+    ) -> None:
+        from dicom_agent.inference.onnx_runner import BundleRunner  # ONNX Runtime is imported only here
+
+        self.bundle = load_bundle(model_dir)  # refuses a tampered bundle before any graph is loaded
+        self.runner = BundleRunner(model_dir, device=device, threads=threads, verify=False)
+        self.vocabulary = self.bundle.vocabulary
+        self.languages = tuple(lang for lang in languages if lang in ("en", "zh")) or ("en",)
+        self.narrative = narrative
+        inputs = self.bundle.manifest.inputs
+        config = self.runner.config
+        cxr = inputs.get("cxr", {})
+        self.image_size = int(cxr.get("size", config["image_size"]))
+        self.cxr_keep_aspect = bool(cxr.get("keep_aspect", False))
+        self.cxr_percentiles = tuple(cxr.get("percentiles", (0.5, 99.5)))
+        self.lung_field = tuple(cxr.get("lung_field", DEFAULT_LUNG_FIELD))
+        self.grids: dict[str, VolumeGrid] = {}
+        self.windows: dict[str, tuple[float, float]] = {}
+        for kind, default_window in (("ct", (-1000.0, 400.0)), ("pet", (0.0, 10.0))):
+            spec = inputs.get(kind, {})
+            self.grids[kind] = VolumeGrid(
+                depth=int(spec.get("depth", config["depth"])),
+                size=int(spec.get("size", config["slice_size"])),
+                keep_aspect=bool(spec.get("keep_aspect", False)),
+            )
+            low, high = spec.get("window", default_window)
+            self.windows[kind] = (float(low), float(high))
+        log.info(
+            "bundle %s %s loaded (sha256 %s…)",
+            self.bundle.manifest.name,
+            self.bundle.manifest.version,
+            self.bundle.sha256[:12],
+        )
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.runner.providers)
+
+    # ---- predict -------------------------------------------------------------------------------------------
+    def predict(self, study: StudyInput) -> StudyFindings:
+        timer = _Timer()
+        start = time.perf_counter()
+        selection = select_series(study)
+        if selection.empty:
+            raise PermanentInferenceError(
+                f"no radiograph, CT or PET series in study (modalities: {', '.join(selection.ignored) or 'none'})"
+            )
+        findings: list[Finding] = []
+        inputs: list[_Input] = []
+        flags = [f"ignored_modality:{m}" for m in selection.ignored]
+        for series in selection.radiographs:
+            with timer.stage("preprocess_s"):
+                radiographs = [r for path in sorted(series.files) for r in self._radiographs(path, study)]
+            if not radiographs:
+                continue
+            with timer.stage("heads_s"):
+                results = self.runner.run_2d(np.stack([self._normalize_cxr(r) for r in radiographs]))
+            with timer.stage("map_back_s"):
+                for radiograph, result in zip(radiographs, results, strict=True):
+                    findings.extend(self._findings_2d(radiograph, result))
+                    inputs.append(_Input("cxr", result.features, result.probabilities, radiograph=radiograph))
+                    flags.extend(f for f in radiograph.flags if f not in flags)
+        for kind, series in selection.volumes.items():
+            with timer.stage("preprocess_s"):
+                volume = load_volume(series.files, self.grids[kind], study.study_instance_uid)
+                model_input = window(volume.values, *self.windows[kind])
+            flags.extend(f for f in volume.flags if f not in flags)
+            with timer.stage("heads_s"):
+                result3d = self.runner.run_3d(model_input, kind)
+            with timer.stage("map_back_s"):
+                findings.extend(self._findings_3d(kind, volume, result3d))
+            inputs.append(_Input(kind, result3d.features, result3d.probabilities, volume=volume))
+        findings.extend(self._absent(findings, inputs))
+        with timer.stage("render_s"):
+            impression = render(findings, self.languages, self.vocabulary)
+        narrative: dict[str, str] = {}
+        if self.narrative and inputs:
+            with timer.stage("narrative_s"):
+                for lang in self.languages:
+                    texts = [self.runner.generate(i.features, "report", lang) for i in inputs]
+                    narrative[lang] = (" " if lang == "en" else "").join(t.strip() for t in texts if t.strip())
+                    flags.extend(flag_disagreements(findings, narrative[lang], lang, self.vocabulary))
+        timer.timings["total_s"] = time.perf_counter() - start
+        return StudyFindings(
+            study_instance_uid=study.study_instance_uid,
+            model=self.bundle.identity,
+            findings=findings,
+            impression=impression,
+            narrative=narrative,
+            key_images=_key_images(findings),
+            series_uids=selection.series_uids,
+            flags=flags,
+            timings=timer.timings,
+            extra={"providers": self.providers, "probabilities": _probabilities(findings)},
+        )
+
+    def _absent(self, findings: list[Finding], inputs: list[_Input]) -> list[Finding]:
+        """One absent finding (TID 1501 "Absent" with its probability) per label the study was examined for."""
+        present = {f.label for f in findings if f.present}
+        best: dict[str, float] = {}
+        for item in inputs:
+            for key, probability in item.probabilities.items():
+                if key in present or key not in self.vocabulary.labels or not self._applies(key, item.kind):
+                    continue
+                best[key] = max(best.get(key, 0.0), float(probability))
+        return [self._finding(self.vocabulary.labels[key], p, present=False) for key, p in best.items()]
+
+    def _applies(self, key: str, kind: str) -> bool:
+        """Whether the label is one the bundle reports for this kind of input (manifest ``modalities``)."""
+        spec = next((lab for lab in self.runner.labels if lab.key == key), None)
+        if spec is None or not spec.modalities:
+            return True
+        dicom = {"cxr": ("CR", "DX"), "ct": ("CT",), "pet": ("PT",)}[kind]
+        return kind in spec.modalities or any(m in spec.modalities for m in dicom)
+
+    # ---- ask -----------------------------------------------------------------------------------------------
+    def ask(self, study: StudyInput, question: str, lang: str = "en") -> str:
+        """VQA with the decoder on the study's first selected input (radiograph, else CT, else PET)."""
+        if lang not in ("en", "zh"):
+            raise ValueError(f"unsupported language {lang!r}")
+        selection = select_series(study)
+        for series in selection.radiographs:
+            radiographs = [r for path in sorted(series.files) for r in self._radiographs(path, study)]
+            if radiographs:
+                (result,) = self.runner.run_2d(self._normalize_cxr(radiographs[0])[None])
+                return str(self.runner.generate(result.features, "vqa", lang, question)).strip()
+        for kind, series in selection.volumes.items():
+            volume = load_volume(series.files, self.grids[kind], study.study_instance_uid)
+            result3d = self.runner.run_3d(window(volume.values, *self.windows[kind]), kind)
+            return str(self.runner.generate(result3d.features, "vqa", lang, question)).strip()
+        raise PermanentInferenceError("no radiograph, CT or PET series in study to answer about")
+
+    # ---- radiographs ---------------------------------------------------------------------------------------
+    def _radiographs(self, path: Path, study: StudyInput) -> list[Radiograph]:
+        return load_radiographs(path, self.image_size, study.study_instance_uid, keep_aspect=self.cxr_keep_aspect)
+
+    def _normalize_cxr(self, radiograph: Radiograph) -> np.ndarray:
+        """The manifest's intensity step: percentiles of the image content (padding excluded) to 0 and 1."""
+        grid = radiograph.grid
+        inner = radiograph.pixels[
+            grid.pad_top : grid.pad_top + grid.inner_rows, grid.pad_left : grid.pad_left + grid.inner_cols
+        ]
+        low, high = np.percentile(inner, self.cxr_percentiles)
+        out = np.clip((radiograph.pixels - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
+        padding = np.ones_like(out, dtype=bool)
+        padding[grid.pad_top : grid.pad_top + grid.inner_rows, grid.pad_left : grid.pad_left + grid.inner_cols] = False
+        out[padding] = 0.0
+        return out
+
+    def _findings_2d(self, radiograph: Radiograph, result: Any) -> list[Finding]:
+        grid = radiograph.grid
+        out: list[Finding] = []
+        row_mm, col_mm = radiograph.spacing_mm or (None, None)
+        for key in result.present:
+            spec = self.vocabulary.labels.get(key)
+            if spec is None:
+                continue
+            probability = float(result.probabilities[key])
+            label_mask = result.masks.get(key)
+            if spec.focal:
+                boxes = [b for b in result.boxes if b.label == key][:MAX_LESIONS_PER_LABEL]
+                if not boxes:
+                    out.append(self._finding(spec, probability, flags=["no_box"]))
+                for detected in boxes:
+                    x0, y0, x1, y1 = grid.box_to_source(detected.x0, detected.y0, detected.x1, detected.y1)
+                    fx = ((detected.x0 + detected.x1) / 2 - grid.pad_left) / grid.inner_cols
+                    fy = ((detected.y0 + detected.y1) / 2 - grid.pad_top) / grid.inner_rows
+                    location, side = cxr_location(fx, fy, self.lung_field)
+                    size = max((x1 - x0) * col_mm, (y1 - y0) * row_mm) if col_mm and row_mm else None
+                    mask = None
+                    if label_mask is not None:
+                        region = np.zeros_like(label_mask, dtype=bool)
+                        r0, r1 = int(np.floor(detected.y0)) - 1, int(np.ceil(detected.y1)) + 1
+                        c0, c1 = int(np.floor(detected.x0)) - 1, int(np.ceil(detected.x1)) + 1
+                        region[max(r0, 0) : r1, max(c0, 0) : c1] = True
+                        mask = self._mask_2d(radiograph, label_mask & region)
+                    out.append(
+                        self._finding(
+                            spec,
+                            probability,
+                            location=location,
+                            laterality=side,
+                            size_mm=size,
+                            boxes=[Box(radiograph.ref, x0, y0, x1, y1, score=float(detected.score))],
+                            mask=mask,
+                        )
+                    )
+            else:
+                out.extend(self._sided_2d(spec, probability, radiograph, label_mask))
+        return out
+
+    def _sided_2d(
+        self, spec: LabelSpec, probability: float, radiograph: Radiograph, label_mask: np.ndarray | None
+    ) -> list[Finding]:
+        """A non-focal finding per side its mask covers (a bilateral effusion is two findings), else one."""
+        grid = radiograph.grid
+        if label_mask is None or label_mask.sum() < MIN_PART_PIXELS:
+            return [self._finding(spec, probability)]
+        midline = grid.pad_left + grid.inner_cols / 2
+        columns = np.arange(label_mask.shape[1])
+        out = []
+        for side, half in (("right", columns < midline), ("left", columns >= midline)):
+            part = label_mask & half[None, :]
+            if part.sum() < MIN_PART_PIXELS:
+                continue
+            rows = np.flatnonzero(part.any(axis=1))
+            size = None
+            if radiograph.spacing_mm and spec.key == "pleural_effusion":  # fluid height, as the reports give it
+                size = (rows[-1] + 1 - rows[0]) / grid.scale_y * radiograph.spacing_mm[0]
+            out.append(
+                self._finding(
+                    spec,
+                    probability,
+                    location=self._side_location(side),
+                    laterality=side,
+                    size_mm=size,
+                    mask=self._mask_2d(radiograph, part),
+                )
+            )
+        return out or [self._finding(spec, probability)]
+
+    def _mask_2d(self, radiograph: Radiograph, model_mask: np.ndarray) -> Mask | None:
+        source = radiograph.grid.mask_to_source(model_mask)
+        if not source.any():
+            return None
+        return Mask(radiograph.ref.series_instance_uid, [radiograph.ref], source[None])
+
+    # ---- volumes -------------------------------------------------------------------------------------------
+    def _findings_3d(self, kind: str, volume: Volume, result: Any) -> list[Finding]:
+        out: list[Finding] = []
+        lungs = LungMap.from_hu(volume.values) if kind == "ct" else None
+        for key in result.present:
+            spec = self.vocabulary.labels.get(key)
+            if spec is None:
+                continue
+            probability = float(result.probabilities[key])
+            label_mask = result.masks.get(key)
+            components = _components(label_mask) if label_mask is not None else []
+            if spec.focal and components:
+                for component in components[:MAX_LESIONS_PER_LABEL]:
+                    out.append(self._lesion_3d(spec, probability, volume, component, result, lungs))
+            elif spec.focal:
+                out.append(self._box_only_3d(spec, probability, volume, result))
+            elif components:
+                out.extend(self._sided_3d(spec, probability, volume, label_mask))
+            else:
+                out.append(self._finding(spec, probability))
+        return out
+
+    def _lesion_3d(
+        self,
+        spec: LabelSpec,
+        probability: float,
+        volume: Volume,
+        component: np.ndarray,
+        result: Any,
+        lungs: LungMap | None,
+    ) -> Finding:
+        source = volume.mask_to_source(component)
+        sx, sy, _ = volume.source_spacing
+        boxes = [
+            Box(volume.slices[k], *box, score=_component_score(component, result.boxes, spec.key, probability))
+            for k, box in boxes_from_mask(source)
+        ]
+        if not boxes:  # smaller than a source voxel after resampling: fall back to geometric box mapping
+            return self._box_only_3d(spec, probability, volume, result)
+        size = max(max((b.x1 - b.x0) * sx, (b.y1 - b.y0) * sy) for b in boxes)
+        z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
+        location, side = lungs.location(z, y, x) if lungs is not None else (None, _side(volume, x))
+        return self._finding(
+            spec,
+            probability,
+            location=location,
+            laterality=side,
+            size_mm=size,
+            boxes=boxes,
+            mask=Mask(volume.slices[0].series_instance_uid, list(volume.slices), source),
+        )
+
+    def _box_only_3d(self, spec: LabelSpec, probability: float, volume: Volume, result: Any) -> Finding:
+        detected = next((b for b in result.boxes if b.label == spec.key), None)
+        if detected is None:
+            return self._finding(spec, probability, flags=["no_box"])
+        index, (x0, y0, x1, y1) = volume.box_to_source(
+            float(detected.z), detected.x0, detected.y0, detected.x1, detected.y1
+        )
+        return self._finding(
+            spec,
+            probability,
+            laterality=_side(volume, (detected.x0 + detected.x1) / 2),
+            boxes=[Box(volume.slices[index], x0, y0, x1, y1, score=float(detected.score))],
+        )
+
+    def _sided_3d(self, spec: LabelSpec, probability: float, volume: Volume, label_mask: np.ndarray) -> list[Finding]:
+        midline = volume.values.shape[2] / 2
+        columns = np.arange(label_mask.shape[2])
+        out = []
+        for side, half in (("right", columns < midline), ("left", columns >= midline)):
+            part = label_mask & half[None, None, :]
+            if part.sum() < MIN_PART_PIXELS:
+                continue
+            source = volume.mask_to_source(part)
+            if not source.any():
+                continue
+            out.append(
+                self._finding(
+                    spec,
+                    probability,
+                    location=self._side_location(side),
+                    laterality=side,
+                    mask=Mask(volume.slices[0].series_instance_uid, list(volume.slices), source),
+                )
+            )
+        return out or [self._finding(spec, probability)]
+
+    # ---- shared --------------------------------------------------------------------------------------------
+    def _side_location(self, side: str) -> str | None:
+        """The vocabulary's side-only site for non-focal findings (e.g. ``right_pleura``), if it has one."""
+        key = f"{side}_pleura"
+        return key if key in self.vocabulary.locations else None
+
+    def _finding(
+        self,
+        spec: LabelSpec,
+        probability: float,
+        *,
+        location: str | None = None,
+        laterality: str | None = None,
+        size_mm: float | None = None,
+        boxes: list[Box] | None = None,
+        mask: Mask | None = None,
+        flags: list[str] | None = None,
+        present: bool = True,
+    ) -> Finding:
+        """A finding the heads called present (the runner applied the label's threshold), or an absent one."""
+        loc = self.vocabulary.location(location)
+        return Finding(
+            label=spec.key,
+            code=spec.code,
+            name_en=spec.name_en,
+            name_zh=spec.name_zh,
+            probability=probability,
+            present=present,
+            critical=spec.critical,
+            finding_site=loc.code if loc else None,
+            location=location,
+            location_en=loc.name_en if loc else None,
+            location_zh=loc.name_zh if loc else None,
+            laterality=laterality or (loc.laterality if loc else None),
+            size_mm=round(float(size_mm), 1) if size_mm is not None else None,
+            boxes=boxes or [],
+            mask=mask,
+            flags=flags or [],
+        )
+
+
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    """Connected components (26-connected), largest first."""
+    if not mask.any():
+        return []
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    counts = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-counts)
+    return [labels == (i + 1) for i in order if counts[i] >= MIN_PART_PIXELS]
+
+
+def _component_score(component: np.ndarray, boxes: list[Any], label: str, default: float) -> float:
+    """The best detection score among the label's boxes whose centre falls inside the component."""
+    best = None
+    for b in boxes:
+        if b.label != label or b.z is None:
+            continue
+        cy, cx = int((b.y0 + b.y1) / 2), int((b.x0 + b.x1) / 2)
+        z = int(b.z)
+        inside = 0 <= z < component.shape[0] and 0 <= cy < component.shape[1] and 0 <= cx < component.shape[2]
+        if inside and component[z, cy, cx]:
+            best = max(best or 0.0, float(b.score))
+    return best if best is not None else default
+
+
+def _side(volume: Volume, x: float) -> str:
+    """Canonical LPS grid: low columns are the patient's right."""
+    return "right" if x < volume.values.shape[2] / 2 else "left"
+
+
+def _key_images(findings: list[Finding]) -> list[ImageRef]:
+    """Per present finding the image that best shows it: its largest box, else its mask's fullest image."""
+    keys: list[ImageRef] = []
+    for finding in findings:
+        if not finding.present:
+            continue
+        ref: ImageRef | None = None
+        if finding.boxes:
+            ref = max(finding.boxes, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0)).image
+        elif finding.mask is not None and finding.mask.pixels.any():
+            counts = finding.mask.pixels.reshape(len(finding.mask.images), -1).sum(axis=1)
+            ref = finding.mask.images[int(np.argmax(counts))]
+        if ref is not None and ref not in keys:
+            keys.append(ref)
+    return keys
+
+
+def _probabilities(findings: list[Finding]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for f in findings:
+        out[f.label] = max(out.get(f.label, 0.0), f.probability)
+    return out

@@ -1,0 +1,405 @@
+"""Runs an exported model bundle (``models/bundled/``) with ONNX Runtime: encoders, heads, greedy decoding.
+
+The bundle is three ONNX graphs plus a tokenizer, described by ``manifest.json`` (see ``docs/model.md``):
+
+- ``enc2d``  image (N,1,S,S) float32 in [0,1]                         -> heads + decoder memory of radiographs
+- ``enc3d``  volume (N,D,s,s) float32 in [0,1], modality (N,) int64   -> per-slice heads, slice relevance, memory
+- ``dec_step`` input_ids (N,t) int64, cross_k/cross_v, past_k/past_v  -> last logits (N,V), present_k/present_v
+
+This module only needs numpy, onnxruntime and tokenizers: it never imports ``models/`` (torch), so a worker
+loads it in a few hundred milliseconds. Preprocessing from DICOM (windowing, resampling) is the caller's job;
+the manifest's ``inputs`` section says exactly what the graphs expect.
+
+Threads: ORT's intra-op thread pool spins by default, which on a shared 2-core machine inflated other work
+5–9× in the feasibility run; sessions here set ``intra_op_num_threads`` explicitly and disable spinning.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODALITY_INDEX = {"cxr": 0, "ct": 1, "pet": 2}
+
+
+class BundleError(RuntimeError):
+    """The bundle is missing, altered (hash mismatch) or inconsistent with its manifest."""
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One finding the bundle can report (from the manifest's label set)."""
+
+    key: str
+    code_value: str
+    code_scheme: str
+    code_meaning: str
+    name_en: str
+    name_zh: str
+    modalities: tuple[str, ...]
+    threshold: float
+    critical: bool = False
+    focal: bool = True
+
+
+@dataclass(frozen=True)
+class DetectedBox:
+    """A detected box in MODEL pixel coordinates of one image (or one slice ``z`` of a volume).
+
+    (x0, y0) top-left, (x1, y1) bottom-right, columns/rows in the model grid of side ``image_size`` (2D)
+    or ``slice_size`` (volume slices); the caller scales back to the source grid.
+    """
+
+    label: str
+    score: float
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    z: int | None = None
+
+
+@dataclass
+class DecoderFeatures:
+    """Cross-attention keys/values of ONE image or volume: each (layers, 1, heads, M, dh) float32."""
+
+    cross_k: np.ndarray
+    cross_v: np.ndarray
+
+
+@dataclass
+class Result2D:
+    """Outputs of ``run_2d`` for one radiograph (model grid S×S, S = manifest config image_size).
+
+    - ``probabilities``: label key -> probability of presence (0..1), all labels of the bundle
+    - ``present``: label keys whose probability >= the label's threshold (manifest) and that apply to CXR
+    - ``boxes``: CenterNet peaks of present labels, best first (model pixel coords)
+    - ``masks``: label key -> bool (S,S) for present labels (segmentation probability >= 0.5)
+    - ``mask_probs``: float32 (L,S,S) segmentation probabilities, label order of ``BundleRunner.labels``
+    - ``features``: decoder cross K/V for ``generate``
+    """
+
+    probabilities: dict[str, float]
+    present: list[str]
+    boxes: list[DetectedBox]
+    masks: dict[str, np.ndarray]
+    mask_probs: np.ndarray
+    embedding: np.ndarray
+    features: DecoderFeatures
+
+
+@dataclass
+class Result3D:
+    """Outputs of ``run_3d`` for one volume (model grid D×s×s; D = config depth, s = config slice_size).
+
+    - ``probabilities`` / ``present``: as in :class:`Result2D`, for the volume's modality
+    - ``slice_probabilities``: float32 (D,L) per-slice label probabilities
+    - ``relevance``: float32 (D,) softmax slice relevance (UniMedI-style attention; sums to 1)
+    - ``top_slices``: indices of the k most relevant slices (they feed the decoder), most relevant first
+    - ``boxes``: per-slice boxes (``z`` set) of present labels
+    - ``masks``: label key -> bool (D,s,s) for present labels
+    - ``mask_probs``: float32 (D,L,s,s)
+    """
+
+    probabilities: dict[str, float]
+    present: list[str]
+    slice_probabilities: np.ndarray
+    relevance: np.ndarray
+    top_slices: list[int]
+    boxes: list[DetectedBox]
+    masks: dict[str, np.ndarray]
+    mask_probs: np.ndarray
+    embedding: np.ndarray
+    features: DecoderFeatures
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float32)
+
+
+def decode_centernet(
+    heat: np.ndarray,
+    size: np.ndarray,
+    offset: np.ndarray,
+    labels: Sequence[str],
+    side: int,
+    min_score: float,
+    max_per_label: int = 5,
+) -> list[DetectedBox]:
+    """CenterNet decoding (Zhou et al. 2019): 3×3 local maxima of per-label heatmaps (L,h,w) above ``min_score``.
+
+    ``size`` (2,h,w) is box width/height as a fraction of the image side, ``offset`` (2,h,w) the sub-cell centre
+    offset in cells; the grid stride is ``side / w``.
+    """
+    n_labels, gh, gw = heat.shape
+    stride = side / gw
+    padded = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-1.0)
+    neigh = np.max(np.stack([padded[:, dy : dy + gh, dx : dx + gw] for dy in range(3) for dx in range(3)]), axis=0)
+    boxes: list[DetectedBox] = []
+    for li in range(n_labels):
+        peaks = np.argwhere((heat[li] >= neigh[li]) & (heat[li] >= min_score))
+        scored = sorted(((float(heat[li, i, j]), int(i), int(j)) for i, j in peaks), reverse=True)[:max_per_label]
+        for score, i, j in scored:
+            cx = (j + float(offset[0, i, j])) * stride
+            cy = (i + float(offset[1, i, j])) * stride
+            w = max(float(size[0, i, j]), 0.0) * side
+            h = max(float(size[1, i, j]), 0.0) * side
+            x0, y0 = max(cx - w / 2, 0.0), max(cy - h / 2, 0.0)
+            x1, y1 = min(cx + w / 2, float(side)), min(cy + h / 2, float(side))
+            boxes.append(DetectedBox(labels[li], score, x0, y0, x1, y1))
+    boxes.sort(key=lambda b: -b.score)
+    return boxes
+
+
+class BundleRunner:
+    """Loads a bundle by its manifest (verifying every file's sha256) and runs it with ONNX Runtime.
+
+    ``device``: ``"auto"`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``"cuda"`` (same, but logs a
+    warning when it has to fall back) or ``"cpu"``. ``threads``: intra-op threads (default: min(2, cores)).
+
+    Attributes: ``manifest`` (dict), ``labels`` (list[LabelSpec], the order of every label axis),
+    ``config`` (network sizes: image_size, slice_size, depth, top_k, ...), ``providers`` (what runs),
+    ``bundle_sha256`` (sha256 of manifest.json, which pins every file by hash).
+    """
+
+    def __init__(
+        self, model_dir: str | Path, device: str = "auto", threads: int | None = None, verify: bool = True
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        manifest_path = self.model_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise BundleError(f"no manifest.json in {self.model_dir}")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        self.bundle_sha256 = sha256_file(manifest_path)
+        files = self.manifest["files"]
+        if verify:
+            for name, entry in files.items():
+                path = self.model_dir / entry["path"]
+                if not path.is_file():
+                    raise BundleError(f"bundle file {name} missing: {path}")
+                if sha256_file(path) != entry["sha256"]:
+                    raise BundleError(f"bundle file {name} does not match its manifest sha256: {path}")
+        self.config: dict[str, int] = self.manifest["config"]
+        self.labels = [
+            LabelSpec(
+                key=lab["key"],
+                code_value=lab["code"]["value"],
+                code_scheme=lab["code"]["scheme"],
+                code_meaning=lab["code"]["meaning"],
+                name_en=lab["name_en"],
+                name_zh=lab["name_zh"],
+                modalities=tuple(lab["modalities"]),
+                threshold=float(lab["threshold"]),
+                critical=bool(lab.get("critical", False)),
+                focal=bool(lab.get("focal", True)),
+            )
+            for lab in self.manifest["labels"]
+        ]
+        self.label_keys = [lab.key for lab in self.labels]
+        decoding = self.manifest.get("decoding", {})
+        self.box_min_score = float(decoding.get("box_min_score", 0.3))
+        self.mask_threshold = float(decoding.get("mask_threshold", 0.5))
+
+        available = ort.get_available_providers()
+        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        if device == "cuda" and not want_cuda:
+            log.warning("DEVICE=cuda but ONNX Runtime has no CUDAExecutionProvider; running on CPU")
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if want_cuda:
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.sessions = {
+            name: ort.InferenceSession(str(self.model_dir / files[name]["path"]), so, providers=providers)
+            for name in ("enc2d", "enc3d", "dec_step")
+        }
+        self.providers = self.sessions["enc2d"].get_providers()
+        log.info("model bundle %s %s on %s", self.manifest["name"], self.manifest["version"], self.providers[0])
+        self.tokenizer = Tokenizer.from_file(str(self.model_dir / files["tokenizer"]["path"]))
+        special = self.manifest["special_tokens"]
+        self._special: dict[str, int] = {k: int(v) for k, v in special.items()}
+        self._byte_table = _unicode_to_byte()
+
+    # ---- encoders -----------------------------------------------------------------------------------------
+    def _present(self, probs: np.ndarray, modality: str) -> list[str]:
+        return [
+            lab.key
+            for lab, p in zip(self.labels, probs, strict=True)
+            if modality in lab.modalities and float(p) >= lab.threshold
+        ]
+
+    def run_2d(self, images: np.ndarray) -> list[Result2D]:
+        """Radiographs ``images`` (N,S,S) float32 in [0,1] (manifest ``inputs.cxr``) -> one Result2D each."""
+        images = np.asarray(images, dtype=np.float32)
+        side = int(self.config["image_size"])
+        if images.ndim != 3 or images.shape[1:] != (side, side):
+            raise ValueError(f"run_2d expects (N,{side},{side}) float32, got {images.shape}")
+        out = self._run("enc2d", {"image": images[:, None]})
+        results = []
+        for i in range(images.shape[0]):
+            probs = out["probs"][i]
+            present = self._present(probs, "cxr")
+            boxes = [
+                b
+                for b in decode_centernet(
+                    out["heatmap"][i], out["size"][i], out["offset"][i], self.label_keys, side, self.box_min_score
+                )
+                if b.label in present
+            ]
+            seg = out["seg"][i]
+            masks = {k: seg[self.label_keys.index(k)] >= self.mask_threshold for k in present}
+            results.append(
+                Result2D(
+                    probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
+                    present=present,
+                    boxes=boxes,
+                    masks=masks,
+                    mask_probs=seg,
+                    embedding=out["image_embedding"][i],
+                    features=DecoderFeatures(out["cross_k"][:, i : i + 1], out["cross_v"][:, i : i + 1]),
+                )
+            )
+        return results
+
+    def run_3d(self, volume: np.ndarray, modality: str) -> Result3D:
+        """One volume ``volume`` (D,s,s) float32 in [0,1] (manifest ``inputs.ct`` / ``inputs.pet``), modality
+        ``"ct"`` or ``"pet"`` -> Result3D. D must equal the manifest's depth (>= top_k)."""
+        volume = np.asarray(volume, dtype=np.float32)
+        side, depth = int(self.config["slice_size"]), int(self.config["depth"])
+        if volume.shape != (depth, side, side):
+            raise ValueError(f"run_3d expects ({depth},{side},{side}) float32, got {volume.shape}")
+        if modality not in ("ct", "pet"):
+            raise ValueError(f"run_3d modality must be ct or pet, got {modality!r}")
+        out = self._run("enc3d", {"volume": volume[None], "modality": np.array([MODALITY_INDEX[modality]], np.int64)})
+        probs = out["probs"][0]
+        present = self._present(probs, modality)
+        boxes: list[DetectedBox] = []
+        for z in range(depth):
+            for b in decode_centernet(
+                out["heatmap"][0, z], out["size"][0, z], out["offset"][0, z], self.label_keys, side, self.box_min_score
+            ):
+                if b.label in present:
+                    boxes.append(DetectedBox(b.label, b.score, b.x0, b.y0, b.x1, b.y1, z=z))
+        boxes.sort(key=lambda b: -b.score)
+        seg = out["seg"][0]  # (D,L,s,s)
+        masks = {k: seg[:, self.label_keys.index(k)] >= self.mask_threshold for k in present}
+        return Result3D(
+            probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
+            present=present,
+            slice_probabilities=out["slice_probs"][0],
+            relevance=out["relevance"][0],
+            top_slices=[int(z) for z in out["top_slices"][0]],
+            boxes=boxes,
+            masks=masks,
+            mask_probs=seg,
+            embedding=out["image_embedding"][0],
+            features=DecoderFeatures(out["cross_k"], out["cross_v"]),
+        )
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess = self.sessions[graph]
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(names, feeds), strict=True))
+
+    # ---- decoder ------------------------------------------------------------------------------------------
+    def prompt_ids(self, task: str, lang: str, question: str | None = None) -> list[int]:
+        """``<bos> <task> <lang> instruction <sep>`` with the manifest's inference template."""
+        if task not in ("report", "vqa") or lang not in ("en", "zh"):
+            raise ValueError(f"unsupported task/lang {task}/{lang}")
+        if task == "vqa" and not question:
+            raise ValueError("vqa needs a question")
+        text = self.manifest["prompts"][task][lang].format(question=question or "")
+        sp = self._special
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [sp["<bos>"], sp[f"<{task}>"], sp[f"<{lang}>"], *ids, sp["<sep>"]]
+
+    def generate_ids(self, features: DecoderFeatures, prompt: list[int], max_tokens: int = 96) -> list[int]:
+        """Greedy decoding with the KV cache: the prompt goes in one step with an empty past (length 0)."""
+        cfg = self.config
+        layers, heads, dh = cfg["dec_layers"], cfg["heads"], cfg["d"] // cfg["heads"]
+        past_k = np.zeros((layers, 1, heads, 0, dh), np.float32)
+        past_v = np.zeros_like(past_k)
+        eos = self._special["<eos>"]
+        budget = min(max_tokens, int(cfg["max_len"]) - len(prompt))
+        ids = np.asarray([prompt], dtype=np.int64)
+        out: list[int] = []
+        sess = self.sessions["dec_step"]
+        for _ in range(max(budget, 0)):
+            logits, past_k, past_v = sess.run(
+                ["logits", "present_k", "present_v"],
+                {
+                    "input_ids": ids,
+                    "cross_k": features.cross_k,
+                    "cross_v": features.cross_v,
+                    "past_k": past_k,
+                    "past_v": past_v,
+                },
+            )
+            nxt = int(np.argmax(logits[0]))
+            if nxt == eos:
+                break
+            out.append(nxt)
+            ids = np.asarray([[nxt]], dtype=np.int64)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids -> text; special tokens skipped, an incomplete trailing UTF-8 sequence dropped."""
+        specials = set(self._special.values())
+        data = bytearray()
+        for i in ids:
+            if int(i) in specials:
+                continue
+            piece = self.tokenizer.id_to_token(int(i)) or ""
+            data.extend(self._byte_table[ch] for ch in piece if ch in self._byte_table)
+        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(bytes(data), final=False)
+
+    def generate(
+        self,
+        features: DecoderFeatures,
+        task: str,
+        lang: str,
+        question: str | None = None,
+        max_tokens: int = 96,
+    ) -> str:
+        """Text for one image/volume: ``task`` "report" (narrative) or "vqa" (needs ``question``), ``lang``
+        "en" or "zh". Greedy, deterministic."""
+        return self.decode(self.generate_ids(features, self.prompt_ids(task, lang, question), max_tokens))
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of the GPT-2 byte -> printable-unicode table of the ByteLevel pre-tokenizer."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}

@@ -1,0 +1,1 @@
+"""① Receive: the C-STORE SCP (contexts, thin handlers, server)."""

@@ -1,0 +1,1 @@
+"""④ Routing: YAML rules and the pure engine that picks model tasks and destinations."""

@@ -1,0 +1,1 @@
+"""② Store: durable files (tmp + fsync + rename, hashed paths) and the idempotent index."""

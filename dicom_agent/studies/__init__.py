@@ -1,0 +1,1 @@
+"""③ Studies: when a study is complete (quiet period), sweeping, reopening."""

@@ -1,0 +1,1 @@
+"""⑤ Tasks: the Celery app, one task decorator, the pipeline tasks (they take ids only)."""

@@ -1,0 +1,1 @@
+"""⑨ Review: the radiologist worklist web app."""

@@ -1,0 +1,462 @@
+"""Held-out evaluation of an exported bundle on synthetic phantoms (``dicom-agent model eval``).
+
+Measures what ships: the ONNX graphs through :class:`dicom_agent.inference.onnx_runner.BundleRunner`.
+Per modality: per-finding AUROC, calibration (ECE, 10 bins), box mAP@0.5 (per slice for volumes), Dice,
+lesion-slice hit rate (volumes), VQA exact match per language and per question kind, decoder/heads
+disagreement on presence questions; the same on an out-of-range split (sizes/positions outside the training
+ranges); blank- and shuffled-image controls (VQA should fall to the answer prior); corruptions in the spirit
+of MedMNIST-C (noise, blur, contrast) side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.dataset import LABEL_INDEX, Sample, collate, make_samples
+from models.labels import LABEL_KEYS, label_mask
+from models.network import UnifiedModel
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED = 900_000  # held out: training uses 1_000.., validation 500_000..
+YES = {"yes", "是"}
+NO = {"no", "否"}
+
+
+@dataclass
+class EvalConfig:
+    cases: int = 300
+    oor_cases: int = 100
+    vqa_cases: int = 100
+    corruptions: bool = True
+    kinds: tuple[str, ...] = ("cxr", "ct", "pet")
+    seed: int = EVAL_SEED
+
+
+@torch.no_grad()
+def predict_probs(model: UnifiedModel, samples: list[Sample], batch: int = 32) -> np.ndarray:
+    """Label probabilities (N,L) from the torch model (used to choose thresholds on validation phantoms)."""
+    model.eval()
+    kind = samples[0].kind
+    step = batch if kind == "cxr" else max(1, batch // 8)
+    out = []
+    for i in range(0, len(samples), step):
+        b = collate(samples[i : i + step])
+        o = model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
+        out.append(torch.sigmoid(o["logits"]).numpy())
+    return np.concatenate(out)
+
+
+# ---- metric primitives --------------------------------------------------------------------------------------
+def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Mann-Whitney AUROC with tie handling; None when only one class is present."""
+    y = np.asarray(y) > 0.5
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if npos == 0 or nneg == 0:
+        return None
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p))
+    sp = np.asarray(p)[order]
+    i = 0
+    while i < len(sp):
+        j = i
+        while j + 1 < len(sp) and sp[j + 1] == sp[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of binary probabilities (equal-width bins)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if p.size == 0:
+        return float("nan")
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    err = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            err += m.mean() * abs(p[m].mean() - y[m].mean())
+    return float(err)
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def average_precision(
+    dets: list[tuple[float, Any, tuple[float, ...]]], gts: dict[Any, list[tuple[float, ...]]]
+) -> float | None:
+    """VOC-style AP (all-point interpolation) at IoU 0.5; ``dets`` (score, image key, box), ``gts`` per image key."""
+    n_gt = sum(len(v) for v in gts.values())
+    if n_gt == 0:
+        return None
+    used = {k: [False] * len(v) for k, v in gts.items()}
+    tp, fp = [], []
+    for _score, key, box in sorted(dets, key=lambda d: -d[0]):
+        best, best_j = 0.0, -1
+        for j, g in enumerate(gts.get(key, [])):
+            o = iou(box, g)
+            if o > best:
+                best, best_j = o, j
+        if best >= 0.5 and not used[key][best_j]:
+            used[key][best_j] = True
+            tp.append(1.0)
+            fp.append(0.0)
+        else:
+            tp.append(0.0)
+            fp.append(1.0)
+    if not tp:
+        return 0.0
+    ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+    rec = ctp / n_gt
+    prec = ctp / np.maximum(ctp + cfp, 1e-9)
+    mrec = np.concatenate([[0.0], rec, [1.0]])
+    mpre = np.concatenate([[0.0], prec, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    s = float(pred.sum() + gt.sum())
+    return 1.0 if s == 0 else 2.0 * float((pred & gt).sum()) / s
+
+
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+# ---- corruptions (MedMNIST-C spirit) -----------------------------------------------------------------------
+def corrupt(images: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray:
+    """Apply one corruption to preprocessed inputs (N,S,S) or (D,s,s) in [0,1]."""
+    x = np.asarray(images, np.float32)
+    if name == "noise":
+        return np.clip(x + rng.normal(0, 0.05, x.shape).astype(np.float32), 0, 1)
+    if name == "contrast":
+        m = x.mean(axis=(-1, -2), keepdims=True)
+        return np.clip((x - m) * 0.6 + m, 0, 1).astype(np.float32)
+    if name == "blur":
+        k = np.exp(-0.5 * (np.arange(-3, 4) / 1.0) ** 2)
+        kernel = torch.tensor(k / k.sum(), dtype=torch.float32)
+        t = torch.from_numpy(x.reshape(-1, 1, *x.shape[-2:]))
+        t = F.conv2d(F.pad(t, (3, 3, 0, 0), mode="replicate"), kernel.view(1, 1, 1, 7))
+        t = F.conv2d(F.pad(t, (0, 0, 3, 3), mode="replicate"), kernel.view(1, 1, 7, 1))
+        return t.reshape(x.shape).numpy()
+    raise ValueError(name)
+
+
+# ---- running the bundle -----------------------------------------------------------------------------------
+def run_bundle(runner: Any, samples: list[Sample], images: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Raw per-case outputs: probabilities (L,), detections [(score, key, label, box)], seg (bool), relevance."""
+    from dicom_agent.inference.onnx_runner import MODALITY_INDEX, decode_centernet
+
+    kind = samples[0].kind
+    imgs = np.stack([s.image.astype(np.float32) for s in samples]) if images is None else images
+    outs: list[dict[str, Any]] = []
+    if kind == "cxr":
+        side = imgs.shape[-1]
+        for i in range(0, len(samples), 16):
+            o = runner._run("enc2d", {"image": imgs[i : i + 16, None]})
+            for j in range(o["probs"].shape[0]):
+                dets = decode_centernet(o["heatmap"][j], o["size"][j], o["offset"][j], LABEL_KEYS, side, 0.02, 10)
+                outs.append(
+                    {
+                        "probs": o["probs"][j],
+                        "dets": [(b.score, -1, b.label, (b.x0, b.y0, b.x1, b.y1)) for b in dets],
+                        "seg": o["seg"][j] >= 0.5,
+                        "cross": (o["cross_k"][:, j : j + 1], o["cross_v"][:, j : j + 1]),
+                    }
+                )
+    else:
+        side = imgs.shape[-1]
+        for i in range(len(samples)):
+            o = runner._run(
+                "enc3d", {"volume": imgs[i : i + 1], "modality": np.array([MODALITY_INDEX[kind]], np.int64)}
+            )
+            slice_dets: list[tuple[float, int, str, tuple[float, float, float, float]]] = []
+            for z in range(imgs.shape[1]):
+                for b in decode_centernet(
+                    o["heatmap"][0, z], o["size"][0, z], o["offset"][0, z], LABEL_KEYS, side, 0.02, 5
+                ):
+                    slice_dets.append((b.score, z, b.label, (b.x0, b.y0, b.x1, b.y1)))
+            outs.append(
+                {
+                    "probs": o["probs"][0],
+                    "dets": slice_dets,
+                    "seg": np.moveaxis(o["seg"][0], 1, 0) >= 0.5,  # (L,D,s,s)
+                    "relevance": o["relevance"][0],
+                    "top": o["top_slices"][0],
+                    "cross": (o["cross_k"], o["cross_v"]),
+                }
+            )
+    return outs
+
+
+def structured_metrics(
+    samples: list[Sample], outs: list[dict[str, Any]], thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """AUROC, ECE, F1 at the manifest thresholds, mAP@0.5, Dice, slice hit rate."""
+    kind = samples[0].kind
+    keep = label_mask(kind)
+    y = np.stack([s.present for s in samples])
+    p = np.stack([o["probs"] for o in outs])
+    per_label: dict[str, dict[str, Any]] = {}
+    all_y, all_p = [], []
+    for li, key in enumerate(LABEL_KEYS):
+        if not keep[li]:
+            continue
+        yl, pl = y[:, li], p[:, li]
+        all_y.append(yl)
+        all_p.append(pl)
+        pred = pl >= thresholds.get(key, 0.5)
+        tp = float((pred & (yl > 0)).sum())
+        f1 = 2 * tp / max(1.0, float(pred.sum() + (yl > 0).sum())) if (yl > 0).any() or pred.any() else None
+        per_label[key] = {"auroc": auroc(yl, pl), "f1": f1, "positives": int(yl.sum())}
+        # detection (focal labels with boxes)
+        gts: dict[Any, list[tuple[float, ...]]] = defaultdict(list)
+        for ci, s in enumerate(samples):
+            for z, lab, x0, y0, x1, y1 in s.boxes:
+                if lab == li:
+                    gts[(ci, z)].append((x0, y0, x1, y1))
+        if gts:
+            dets = [(sc, (ci, z), box) for ci, o in enumerate(outs) for sc, z, lab, box in o["dets"] if lab == key]
+            per_label[key]["ap50"] = average_precision(dets, gts)
+        # segmentation on cases where the finding has a mask
+        dices = []
+        for s, o in zip(samples, outs, strict=True):
+            gt = s.cls == li + 1
+            if gt.any():
+                dices.append(dice(o["seg"][li], gt))
+        if dices:
+            per_label[key]["dice"] = float(np.mean(dices))
+    res: dict[str, Any] = {
+        "n": len(samples),
+        "auroc": _mean([v["auroc"] for v in per_label.values()]),
+        "ece": ece(np.concatenate(all_y), np.concatenate(all_p)),
+        "f1": _mean([v["f1"] for v in per_label.values()]),
+        "map50": _mean([v["ap50"] for v in per_label.values() if v.get("ap50") is not None]),
+        "dice": _mean([v["dice"] for v in per_label.values() if v.get("dice") is not None]),
+        "per_label": per_label,
+    }
+    if kind != "cxr":
+        hits, hits_k, n = 0, 0, 0
+        for s, o in zip(samples, outs, strict=True):
+            lesion_slices = set(np.flatnonzero(s.cls.any(axis=(1, 2))).tolist())
+            if not lesion_slices:
+                continue
+            n += 1
+            hits += int(int(np.argmax(o["relevance"])) in lesion_slices)
+            hits_k += int(bool(lesion_slices & {int(z) for z in o["top"]}))
+        res["slice_hit"] = hits / n if n else None
+        res["slice_hit_topk"] = hits_k / n if n else None
+    return res
+
+
+def _norm_answer(text: str) -> str:
+    return text.strip().strip("。.").strip().lower()
+
+
+def vqa_metrics(
+    runner: Any, samples: list[Sample], outs: list[dict[str, Any]], thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Exact match per language and per question kind; decoder vs heads disagreement on presence questions."""
+    from dicom_agent.inference.onnx_runner import DecoderFeatures
+
+    correct: dict[str, list[int]] = defaultdict(list)
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    disagree: list[int] = []
+    answers_seen: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+    records = []
+    for s, o in zip(samples, outs, strict=True):
+        feats = DecoderFeatures(*o["cross"])
+        for lang, q, a, qkind in s.qa:
+            got = runner.generate(feats, "vqa", lang, q, max_tokens=16)
+            ok = int(_norm_answer(got) == _norm_answer(a))
+            correct[lang].append(ok)
+            by_kind[qkind].append(ok)
+            family = (lang, qkind, _label_in_question(q) or "")
+            answers_seen[family][_norm_answer(a)] += 1
+            records.append((family, _norm_answer(a)))
+            if qkind == "presence":
+                key = _label_in_question(q)
+                if key is not None:
+                    heads_yes = float(o["probs"][LABEL_INDEX[key]]) >= thresholds.get(key, 0.5)
+                    dec = _norm_answer(got)
+                    if dec in YES or dec in NO:
+                        disagree.append(int((dec in YES) != heads_yes))
+    # prior: always give the most frequent answer of the question's family (language, kind, finding)
+    prior = [int(ans == answers_seen[fam].most_common(1)[0][0]) for fam, ans in records]
+    return {
+        "exact_match": {lang: float(np.mean(v)) for lang, v in correct.items()},
+        "by_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
+        "questions": len(records),
+        "prior": float(np.mean(prior)) if prior else None,
+        "decoder_heads_disagreement": float(np.mean(disagree)) if disagree else None,
+    }
+
+
+_NAMES: dict[str, str] | None = None
+
+
+def _label_in_question(question: str) -> str | None:
+    """Which label a presence question asks about (by its English or Chinese name; longest name first)."""
+    global _NAMES
+    if _NAMES is None:
+        from models.terminology import LABELS
+
+        names = {}
+        for key, lab in LABELS.items():
+            names[lab.name_en.lower()] = key
+            names[lab.name_zh] = key
+        _NAMES = dict(sorted(names.items(), key=lambda kv: -len(kv[0])))
+    low = question.lower()
+    for name, key in _NAMES.items():
+        if name in low:
+            return key
+    return None
+
+
+def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
+    """All metrics of ``bundle`` on the held-out phantoms (see module docstring)."""
+    from dicom_agent.inference.onnx_runner import BundleRunner
+    from models.train import available_kinds
+
+    runner = BundleRunner(bundle, device="cpu")
+    thresholds = {lab.key: lab.threshold for lab in runner.labels}
+    rng = np.random.default_rng(cfg.seed)
+    result: dict[str, Any] = {
+        "held_out_seed_start": cfg.seed,
+        "bundle_sha256": runner.bundle_sha256,
+        "modalities": {},
+    }
+    for kind in [k for k in cfg.kinds if k in available_kinds()]:
+        t0 = time.time()
+        samples = make_samples(kind, cfg.cases, cfg.seed)
+        outs = run_bundle(runner, samples)
+        m: dict[str, Any] = {"held_out": structured_metrics(samples, outs, thresholds)}
+        nv = min(cfg.vqa_cases, len(samples))
+        if nv:
+            m["vqa"] = vqa_metrics(runner, samples[:nv], outs[:nv], thresholds)
+            # controls: a blank image, and each case's questions asked of another case's image
+            blank = np.zeros_like(np.stack([s.image.astype(np.float32) for s in samples[:nv]]))
+            m["control_blank"] = {
+                "vqa": vqa_metrics(runner, samples[:nv], run_bundle(runner, samples[:nv], blank), thresholds)
+            }
+            perm = np.roll(np.arange(nv), 1)
+            shuffled = [outs[int(j)] for j in perm]
+            m["control_shuffled"] = {
+                "vqa": vqa_metrics(runner, samples[:nv], shuffled, thresholds),
+                "auroc": structured_metrics(samples[:nv], shuffled, thresholds)["auroc"],
+            }
+        if cfg.oor_cases:
+            oor = make_samples(kind, cfg.oor_cases, cfg.seed, out_of_range=True)
+            m["out_of_range"] = structured_metrics(oor, run_bundle(runner, oor), thresholds)
+        if cfg.corruptions:
+            base = np.stack([s.image.astype(np.float32) for s in samples])
+            m["corruptions"] = {}
+            for name in ("noise", "blur", "contrast"):
+                imgs = np.stack([corrupt(x, name, rng) for x in base])
+                m["corruptions"][name] = structured_metrics(samples, run_bundle(runner, samples, imgs), thresholds)
+        m["seconds"] = round(time.time() - t0, 1)
+        result["modalities"][kind] = m
+        log.info("eval %s done in %.0fs", kind, m["seconds"])
+    return result
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def format_tables(metrics: dict[str, Any]) -> str:
+    """Markdown tables: one row per modality and split; then per-label detail."""
+    lines = [
+        "| modality | split | n | AUROC | ECE | F1@thr | mAP@0.5 | Dice | slice hit (top-1 / top-k) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, m in metrics["modalities"].items():
+        splits = [("held-out", m["held_out"])]
+        if "out_of_range" in m:
+            splits.append(("out-of-range", m["out_of_range"]))
+        for name, c in m.get("corruptions", {}).items():
+            splits.append((name, c))
+        for split, r in splits:
+            hit = f"{_fmt(r.get('slice_hit'))} / {_fmt(r.get('slice_hit_topk'))}" if "slice_hit" in r else "—"
+            lines.append(
+                f"| {kind} | {split} | {r['n']} | {_fmt(r['auroc'])} | {_fmt(r['ece'])} | {_fmt(r['f1'])} | "
+                f"{_fmt(r['map50'])} | {_fmt(r['dice'])} | {hit} |"
+            )
+    lines += [
+        "",
+        "| modality | VQA EN | VQA ZH | questions | answer prior | blank image | shuffled image | decoder≠heads |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, m in metrics["modalities"].items():
+        if "vqa" not in m:
+            continue
+        v, b, s = m["vqa"], m["control_blank"]["vqa"], m["control_shuffled"]["vqa"]
+
+        def both(x: dict[str, Any]) -> str:
+            em = x["exact_match"]
+            return f"{_fmt(em.get('en'))}/{_fmt(em.get('zh'))}"
+
+        lines.append(
+            f"| {kind} | {_fmt(v['exact_match'].get('en'))} | {_fmt(v['exact_match'].get('zh'))} | {v['questions']} | "
+            f"{_fmt(v['prior'])} | {both(b)} | {both(s)} | {_fmt(v['decoder_heads_disagreement'])} |"
+        )
+    lines += ["", "| modality | VQA by question kind |", "|---|---|"]
+    for kind, m in metrics["modalities"].items():
+        if "vqa" in m:
+            lines.append(f"| {kind} | " + ", ".join(f"{k} {_fmt(v)}" for k, v in m["vqa"]["by_kind"].items()) + " |")
+    lines += ["", "| modality | label | AUROC | F1@thr | AP@0.5 | Dice | positives |", "|---|---|---|---|---|---|---|"]
+    for kind, m in metrics["modalities"].items():
+        for key, r in m["held_out"]["per_label"].items():
+            lines.append(
+                f"| {kind} | {key} | {_fmt(r['auroc'])} | {_fmt(r['f1'])} | {_fmt(r.get('ap50'))} | "
+                f"{_fmt(r.get('dice'))} | {r['positives']} |"
+            )
+    return "\n".join(lines)
+
+
+def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
+    """Put the summary metrics into manifest.json (the manifest itself is not in its own hash list)."""
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    summary: dict[str, Any] = {"held_out_seed_start": metrics["held_out_seed_start"], "modalities": {}}
+    for kind, m in metrics["modalities"].items():
+        h = m["held_out"]
+        entry = {k: h.get(k) for k in ("n", "auroc", "ece", "f1", "map50", "dice", "slice_hit", "slice_hit_topk")}
+        entry["per_label"] = h["per_label"]
+        if "vqa" in m:
+            entry["vqa_exact_match"] = m["vqa"]["exact_match"]
+            entry["vqa_prior"] = m["vqa"]["prior"]
+            entry["vqa_blank_image"] = m["control_blank"]["vqa"]["exact_match"]
+            entry["vqa_shuffled_image"] = m["control_shuffled"]["vqa"]["exact_match"]
+            entry["decoder_heads_disagreement"] = m["vqa"]["decoder_heads_disagreement"]
+        if "out_of_range" in m:
+            o = m["out_of_range"]
+            entry["out_of_range"] = {k: o.get(k) for k in ("n", "auroc", "map50", "dice", "slice_hit")}
+        if "corruptions" in m:
+            entry["corruptions"] = {
+                n: {k: c.get(k) for k in ("auroc", "map50", "dice", "slice_hit")} for n, c in m["corruptions"].items()
+            }
+        summary["modalities"][kind] = entry
+    manifest["metrics"] = summary
+    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,334 @@
+"""The unified network: one image encoder for radiographs and volume slices, structured heads, a text decoder.
+
+Design (issue 3; seed papers UMIT arXiv 2503.15892 and UniMedI arXiv 2311.14851):
+- a shared conv stem + small transformer encoder embeds a 2D image or each slice of a volume, with a learned
+  modality embedding (CXR / CT / PET) added to its tokens;
+- heads on every image/slice: per-label attention-pooled classifier, CenterNet-style detection (per-label
+  heatmap + class-agnostic box size + sub-cell offset on the token grid), a light segmentation decoder with
+  skips from the stem;
+- volumes: UniMedI-style attention over slices — a relevance logit per slice, softmax-pooled into the volume
+  embedding; the top-k slices' tokens are the decoder's visual memory (so its weights also tell which slices
+  carry lesions), and per-label slice logits are soft-max pooled into volume finding logits;
+- a small autoregressive decoder (self-attention with a KV cache + cross-attention to the visual memory and to
+  one token per label carrying the heads' probability — "structured first"), tied embeddings, prompts made of
+  task/language special tokens (UMIT-style instruction templates are built in ``models.text``).
+
+Everything is written with plain tensor ops so that ``torch.onnx.export(dynamo=True)`` traces it with a
+symbolic batch axis and a symbolic decoder length (see ``models.export``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODALITIES = ("cxr", "ct", "pet")
+
+
+@dataclass
+class NetConfig:
+    """Sizes of the network; stored in the checkpoint and the manifest so a bundle rebuilds exactly."""
+
+    n_labels: int = 9
+    vocab_size: int = 2048
+    d: int = 128
+    heads: int = 4
+    enc_layers: int = 2
+    dec_layers: int = 3
+    mlp_ratio: int = 4
+    max_len: int = 192  # decoder positions (prompt + answer)
+    image_size: int = 128  # radiograph side (pixels) after preprocessing
+    slice_size: int = 64  # volume slice side after resampling
+    depth: int = 32  # slices per volume after resampling
+    top_k: int = 4  # slices whose tokens feed the decoder
+    stride: int = 8  # token grid = input side / stride
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (self-attention, optional cross-attention, MLP) with explicit K/V I/O."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: int, cross: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dh = d // heads
+        self.n1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.cross = cross
+        if cross:
+            self.n2 = nn.LayerNorm(d)
+            self.q_x = nn.Linear(d, d)
+            self.kv_x = nn.Linear(d, 2 * d)
+            self.proj_x = nn.Linear(d, d)
+        self.n3 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        return x.reshape(n, t, self.heads, self.dh).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, _ = x.shape
+        return x.transpose(1, 2).reshape(n, t, self.heads * self.dh)
+
+    def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the visual memory once per image: (N, M, d) -> K, V each (N, H, M, dh)."""
+        k, v = self.kv_x(memory).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        past_k: torch.Tensor | None = None,
+        past_v: torch.Tensor | None = None,
+        cross_k: torch.Tensor | None = None,
+        cross_v: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv(self.n1(x)).chunk(3, dim=-1)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        if past_k is not None and past_v is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(self._merge(a))
+        if self.cross and cross_k is not None and cross_v is not None:
+            qx = self._split(self.q_x(self.n2(x)))
+            x = x + self.proj_x(self._merge(F.scaled_dot_product_attention(qx, cross_k, cross_v)))
+        x = x + self.mlp(self.n3(x))
+        return x, k, v
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.GELU())
+
+
+class ImageEncoder(nn.Module):
+    """Conv stem (stride 8, two skips) + transformer over the token grid; shared by 2D images and slices."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        d = cfg.d
+        self.s1 = _conv(1, 32, 2)
+        self.s2 = _conv(32, 64, 2)
+        self.s3 = nn.Sequential(_conv(64, d, 2), nn.Conv2d(d, d, 1))
+        grid = cfg.image_size // cfg.stride
+        self.pos = nn.Parameter(torch.randn(1, d, grid, grid) * 0.02)
+        self.modality = nn.Embedding(len(MODALITIES), d)
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, cross=False) for _ in range(cfg.enc_layers))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N,1,H,W) in [0,1], modality (N,) long -> tokens (N,h*w,d), grid (N,d,h,w), skips at /2 and /4."""
+        f1 = self.s1(x * 2.0 - 1.0)
+        f2 = self.s2(f1)
+        g = self.s3(f2)
+        h, w = g.shape[-2], g.shape[-1]
+        pos = self.pos if self.pos.shape[-1] == w else F.interpolate(self.pos, size=(h, w), mode="bilinear")
+        g = g + pos + self.modality(modality)[:, :, None, None]
+        t = g.flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            t, _, _ = blk(t)
+        t = self.norm(t)
+        grid = t.transpose(1, 2).reshape(g.shape)
+        return t, grid, f1, f2
+
+
+class Heads(nn.Module):
+    """Per-image heads: label attention pooling + logits, CenterNet detection, segmentation with skips."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        d, n = cfg.d, cfg.n_labels
+        self.label_queries = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.label_key = nn.Linear(d, d)
+        self.label_out = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.label_bias = nn.Parameter(torch.zeros(n))
+        self.det = nn.Sequential(nn.Conv2d(d, d, 1), nn.GELU(), nn.Conv2d(d, n + 4, 1))  # tokens already see context
+        self.reduce = nn.Conv2d(d, 32, 1)  # keep the upsampling path cheap: it dominated the FLOPs
+        self.up1 = _conv(32 + 64, 32, 1)
+        self.up2 = _conv(32 + 32, 16, 1)
+        self.seg_out = nn.Conv2d(16, n, 1)
+        det_out = self.det[2]
+        assert isinstance(det_out, nn.Conv2d) and det_out.bias is not None
+        nn.init.constant_(det_out.bias[:n], -2.19)  # CenterNet prior: sigmoid = 0.1
+
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label-wise attention pooling: (N,T,d) -> label features (N,L,d), logits (N,L)."""
+        keys = self.label_key(tokens)
+        att = torch.softmax(torch.einsum("ld,ntd->nlt", self.label_queries, keys) / math.sqrt(keys.shape[-1]), -1)
+        feats = torch.einsum("nlt,ntd->nld", att, tokens)
+        logits = (feats * self.label_out).sum(-1) + self.label_bias
+        return feats, logits
+
+    def forward(
+        self, tokens: torch.Tensor, grid: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        feats, logits = self.pool(tokens)
+        det = self.det(grid)
+        n = logits.shape[1]
+        u = F.interpolate(self.reduce(grid), scale_factor=2.0, mode="bilinear")
+        u = self.up1(torch.cat([u, f2], 1))
+        u = F.interpolate(u, scale_factor=2.0, mode="bilinear")
+        u = self.up2(torch.cat([u, f1], 1))
+        seg = F.interpolate(self.seg_out(u), scale_factor=2.0, mode="bilinear")
+        return {
+            "label_feats": feats,
+            "logits": logits,
+            "heatmap": det[:, :n],
+            "size": det[:, n : n + 2],
+            "offset": det[:, n + 2 : n + 4],
+            "seg": seg,
+        }
+
+
+class TextDecoder(nn.Module):
+    """Autoregressive decoder with tied embeddings; K/V of self-attention are cached by the caller."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d)
+        self.blocks = nn.ModuleList(Block(cfg.d, cfg.heads, cfg.mlp_ratio, cross=True) for _ in range(cfg.dec_layers))
+        self.norm = nn.LayerNorm(cfg.d)
+        nn.init.normal_(self.tok.weight, std=0.02)  # tied output layer: unit-variance init gives logits ~ 10x too big
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual memory (N,M,d) -> stacked cross K and V, each (layers, N, heads, M, dh)."""
+        blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]  # ModuleList loses the element type
+        ks, vs = zip(*(blk.cross_kv(memory) for blk in blocks), strict=True)
+        return torch.stack(ks), torch.stack(vs)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids (N,t); past K/V (layers,N,heads,P,dh), P may be 0 -> logits (N,t,V), present K/V (P+t)."""
+        t = ids.shape[1]
+        p = past_k.shape[3]
+        q_pos = torch.arange(t, device=ids.device) + p
+        x = self.tok(ids) + self.pos(q_pos)[None]
+        k_pos = torch.arange(p + t, device=ids.device)
+        mask = k_pos[None, :] <= q_pos[:, None]
+        pk, pv = [], []
+        for i, blk in enumerate(self.blocks):
+            x, k, v = blk(x, mask, past_k[i], past_v[i], cross_k[i], cross_v[i])
+            pk.append(k)
+            pv.append(v)
+        logits = self.norm(x) @ self.tok.weight.t()
+        return logits, torch.stack(pk), torch.stack(pv)
+
+
+class UnifiedModel(nn.Module):
+    """All tasks and modalities in one network (see the module docstring)."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.d, cfg.n_labels
+        self.encoder = ImageEncoder(cfg)
+        self.heads = Heads(cfg)
+        self.slice_score = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        self.label_embed = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.present_embed = nn.Parameter(torch.randn(d) * 0.02)
+        self.mem_proj = nn.Linear(d, d)
+        self.mem_type = nn.Parameter(torch.randn(2, d) * 0.02)  # 0 = image token, 1 = label token
+        self.decoder = TextDecoder(cfg)
+        self.align_img = nn.Linear(d, d)  # stage-1 image <-> report alignment (CLIP-style)
+        self.align_txt = nn.Linear(d, d)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    # ---- visual memory for the decoder -------------------------------------------------------------------
+    def _memory(self, tokens: torch.Tensor, label_feats: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Image tokens + one token per label carrying the heads' probability ("structured first")."""
+        img = self.mem_proj(tokens) + self.mem_type[0]
+        lab = self.label_embed[None] + label_feats + probs[..., None] * self.present_embed + self.mem_type[1]
+        return torch.cat([img, lab], dim=1)
+
+    # ---- 2D -------------------------------------------------------------------------------------------------
+    def forward_2d(self, image: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """image (N,1,S,S) -> logits (N,L), heatmap/size/offset (N,·,S/8,S/8), seg (N,L,S,S), memory, embedding."""
+        tokens, grid, f1, f2 = self.encoder(image, modality)
+        out = self.heads(tokens, grid, f1, f2)
+        probs = torch.sigmoid(out["logits"])
+        out["memory"] = self._memory(tokens, out["label_feats"], probs)
+        out["mem_tokens"], out["mem_feats"] = tokens, out["label_feats"]
+        out["embedding"] = tokens.mean(1)
+        return out
+
+    # ---- 3D -------------------------------------------------------------------------------------------------
+    def forward_3d(self, volume: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """volume (N,D,S,S), modality (N,) -> per-slice heads (N,D,...), slice relevance (N,D), volume logits (N,L)."""
+        n, depth, s, _ = volume.shape
+        flat = volume.reshape(n * depth, 1, s, s)
+        tokens, grid, f1, f2 = self.encoder(flat, modality.repeat_interleave(depth))
+        out = self.heads(tokens, grid, f1, f2)
+        t, d = tokens.shape[1], tokens.shape[2]
+        tok = tokens.reshape(n, depth, t, d)
+        slice_emb = tok.mean(2)
+        rel_logit = self.slice_score(slice_emb).squeeze(-1)  # (N,D)
+        rel = torch.softmax(rel_logit, dim=1)
+        slice_logits = out["logits"].reshape(n, depth, -1)  # (N,D,L)
+        # soft-max pooling over slices per label: a lesion on any slice makes the volume positive
+        w = torch.softmax(slice_logits, dim=1)
+        vol_logits = (w * slice_logits).sum(1)
+        feats = out["label_feats"].reshape(n, depth, -1, d)
+        vol_feats = (w[..., None] * feats).sum(1)
+        k = self.cfg.top_k
+        top = torch.topk(rel_logit, k, dim=1).indices  # (N,k)
+        idx = top[:, :, None, None].expand(n, k, t, d)
+        top_tokens = torch.gather(tok, 1, idx).reshape(n, k * t, d)
+        probs = torch.sigmoid(vol_logits)
+        res = {
+            "logits": vol_logits,
+            "slice_logits": slice_logits,
+            "relevance_logit": rel_logit,
+            "relevance": rel,
+            "top_slices": top,
+            "heatmap": out["heatmap"].reshape(n, depth, *out["heatmap"].shape[1:]),
+            "size": out["size"].reshape(n, depth, *out["size"].shape[1:]),
+            "offset": out["offset"].reshape(n, depth, *out["offset"].shape[1:]),
+            "seg": out["seg"].reshape(n, depth, *out["seg"].shape[1:]),
+            "memory": self._memory(top_tokens, vol_feats, probs),
+            "mem_tokens": top_tokens,
+            "mem_feats": vol_feats,
+            "embedding": (rel[..., None] * slice_emb).sum(1),
+        }
+        return res
+
+    def empty_past(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        shape = (cfg.dec_layers, n, cfg.heads, 0, cfg.d // cfg.heads)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def text_logits(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder pass for training: ids (N,T), memory (N,M,d) -> logits (N,T,V)."""
+        ck, cv = self.decoder.cross_kv(memory)
+        pk, pv = self.empty_past(ids.shape[0])
+        logits, _, _ = self.decoder(ids, ck, cv, pk.to(memory), pv.to(memory))
+        return logits
+
+    def text_embedding(self, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+        """Mean of token embeddings of a report (stage-1 alignment target)."""
+        keep = (ids != pad_id).float()[..., None]
+        e = (self.decoder.tok(ids) * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return e
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

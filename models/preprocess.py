@@ -1,0 +1,97 @@
+"""Model-side preprocessing: what the graphs expect, applied identically in training and (via the manifest)
+by the runtime. Numpy + torch only; the DICOM side (VOI LUT, orientation) lives in ``dicom_agent.inference``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SIZE = 128
+SLICE_SIZE = 64
+DEPTH = 32
+CT_WINDOW = (-1000.0, 400.0)  # HU -> [0,1]: lung + soft tissue in one channel
+PET_WINDOW = (0.0, 10.0)  # SUV -> [0,1]
+CXR_PERCENTILES = (0.5, 99.5)
+
+
+def spec() -> dict[str, Any]:
+    """The manifest's ``inputs`` section (the runtime engineer implements exactly this from DICOM)."""
+    return {
+        "cxr": {
+            "graph": "enc2d",
+            "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE],
+            "steps": [
+                "pixel data after Modality LUT and VOI LUT; MONOCHROME1 inverted so that air is dark",
+                f"resize the whole image to {IMAGE_SIZE}x{IMAGE_SIZE} (bilinear, antialiased; aspect not kept)",
+                f"intensity: map the {CXR_PERCENTILES[0]} and {CXR_PERCENTILES[1]} percentiles to 0 and 1, clip",
+            ],
+            "percentiles": list(CXR_PERCENTILES),
+            "size": IMAGE_SIZE,
+        },
+        "ct": {
+            "graph": "enc3d",
+            "modality_index": 1,
+            "shape": ["N", DEPTH, SLICE_SIZE, SLICE_SIZE],
+            "steps": [
+                "HU via RescaleSlope/Intercept; slices ordered along the slice normal as the generator writes "
+                "them (index 0 = first slice of the stack, ascending ImagePositionPatient along the normal)",
+                f"resample the whole stack to {DEPTH} slices of {SLICE_SIZE}x{SLICE_SIZE} (trilinear; "
+                "fit-to-grid: the model is not spacing aware, boxes map back by per-axis scale)",
+                f"window HU [{CT_WINDOW[0]:g}, {CT_WINDOW[1]:g}] -> [0, 1], clip",
+            ],
+            "window": list(CT_WINDOW),
+            "depth": DEPTH,
+            "size": SLICE_SIZE,
+        },
+        "pet": {
+            "graph": "enc3d",
+            "modality_index": 2,
+            "shape": ["N", DEPTH, SLICE_SIZE, SLICE_SIZE],
+            "steps": [
+                "SUVbw (stored values x RescaleSlope (+ Intercept) x SUV factor); slice order as for CT",
+                f"resample the whole stack to {DEPTH} slices of {SLICE_SIZE}x{SLICE_SIZE} (trilinear, fit-to-grid)",
+                f"window SUV [{PET_WINDOW[0]:g}, {PET_WINDOW[1]:g}] -> [0, 1], clip",
+            ],
+            "window": list(PET_WINDOW),
+            "depth": DEPTH,
+            "size": SLICE_SIZE,
+        },
+    }
+
+
+def normalize_cxr(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, CXR_PERCENTILES)
+    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def resize_2d(image: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t[0, 0].numpy()
+
+
+def resize_3d(volume: np.ndarray, depth: int, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    if t.shape[-3:] != (depth, size, size):
+        t = F.interpolate(t, size=(depth, size, size), mode="trilinear", align_corners=False)
+    return t[0, 0].numpy()
+
+
+def window(volume: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def prepare_cxr(image: np.ndarray) -> np.ndarray:
+    """Generator radiograph (H,W) -> model input (S,S) in [0,1]."""
+    return normalize_cxr(resize_2d(image, IMAGE_SIZE))
+
+
+def prepare_volume(volume: np.ndarray, modality: str) -> np.ndarray:
+    """Generator CT (HU) or PET (SUV) volume (D,H,W) -> model input (DEPTH,S,S) in [0,1]."""
+    lo, hi = CT_WINDOW if modality == "ct" else PET_WINDOW
+    return window(resize_3d(volume, DEPTH, SLICE_SIZE), lo, hi)

@@ -1,0 +1,45 @@
+"""UMIT-style instruction templates (arXiv 2503.15892): the task and language are special tokens, the
+instruction is natural text in the requested language. Training samples a template per example so the
+decoder does not overfit one phrasing; inference uses the first one (it is written into the manifest, so
+the runtime needs nothing from ``models/``).
+"""
+
+from __future__ import annotations
+
+TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "report": {
+        "en": [
+            "Describe the findings of this image.",
+            "Write the findings section of the report for this image.",
+            "Please write a radiology report for this image.",
+        ],
+        "zh": [
+            "请描述这张图像的所见。",
+            "请为这张图像撰写影像报告。",
+            "根据给定的图像，写出检查所见。",
+        ],
+    },
+    "vqa": {
+        "en": [
+            "Given this image, please answer the question: {question}",
+            "Answer briefly based on the image: {question}",
+            "{question}",
+        ],
+        "zh": [
+            "根据给定的图像，请简洁回答问题：{question}",
+            "请根据图像简要回答：{question}",
+            "{question}",
+        ],
+    },
+}
+
+
+def instruction(task: str, lang: str, question: str | None = None, variant: int = 0) -> str:
+    """The instruction text of ``task`` in ``lang`` (variant 0 is the one used at inference)."""
+    options = TEMPLATES[task][lang]
+    return options[variant % len(options)].format(question=question or "")
+
+
+def inference_templates() -> dict[str, dict[str, str]]:
+    """The templates the runtime formats (``{question}`` placeholder for VQA)."""
+    return {task: {lang: opts[0] for lang, opts in by_lang.items()} for task, by_lang in TEMPLATES.items()}

@@ -1,0 +1,392 @@
+"""Two-stage training of the unified model on synthetic phantoms, budgeted by STEPS with a fixed seed.
+
+Stage 1 (UMIT "feature alignment", UniMedI report-guided space): everything trainable — finding, detection,
+segmentation and slice-relevance heads, report captioning, and a CLIP-style image <-> report loss.
+Stage 2 (UMIT "instruction tuning"): the vision side (encoder, heads, slice attention) is frozen; its outputs
+are computed once per training image and the decoder (+ the memory adapter) learns VQA and reports from
+instruction templates in English and Chinese.
+
+Never budget by wall time: the machine is shared and step speed varies up to 9× (model notes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from models.dataset import Batch, Sample, collate, make_samples
+from models.labels import LABEL_KEYS, label_entries, label_mask
+from models.network import NetConfig, UnifiedModel, count_parameters
+from models.prompts import TEMPLATES, instruction
+from models.tokenizer import EOS, PAD, prompt_ids, token_id, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED = 1_000
+VAL_SEED = 500_000  # thresholds are chosen here; evaluation uses its own held-out seed (models.evaluate)
+
+
+@dataclass
+class TrainConfig:
+    """The recipe of the shipped bundle (defaults) — ``dicom-agent model train`` overrides steps/seed/sizes."""
+
+    seed: int = 0
+    steps1: int = 600
+    steps2: int = 600
+    n_cxr: int = 1600
+    n_ct: int = 300
+    n_pet: int = 300
+    n_val: int = 60  # per kind, for thresholds
+    batch_2d: int = 16
+    batch_3d: int = 2
+    caption_every: int = 4  # stage-1 report captioning on every 4th step (compute budget); 0 = never
+    batch_text: int = 64
+    lr1: float = 2e-3
+    lr2: float = 1.5e-3
+    vocab_size: int = 2000
+    threads: int = 2
+    log_every: int = 25
+    net: dict[str, int] = field(default_factory=dict)  # NetConfig overrides (tests use a smaller network)
+
+
+def available_kinds() -> list[str]:
+    """Kinds whose phantom generator exists (CT/PET land after CXR)."""
+    import importlib.util
+
+    return ["cxr"] + [k for k in ("ct", "pet") if importlib.util.find_spec(f"models.synthetic.{k}") is not None]
+
+
+# ---- text --------------------------------------------------------------------------------------------------
+def corpus(samples: list[Sample]) -> list[str]:
+    texts: list[str] = []
+    for s in samples:
+        texts += [s.report["en"], s.report["zh"]]
+        texts += [t for qa in s.qa for t in (qa[1], qa[2])]
+    for by_lang in TEMPLATES.values():
+        for opts in by_lang.values():
+            texts += [o.format(question="") for o in opts]
+    return texts
+
+
+def text_example(
+    tok: Tokenizer, task: str, lang: str, answer: str, question: str | None, variant: int
+) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + <eos>, and the prompt length (loss only on what follows)."""
+    prompt = prompt_ids(tok, task, lang, instruction(task, lang, question, variant))
+    ans = tok.encode(answer, add_special_tokens=False).ids
+    return prompt + ans + [token_id(tok, EOS)], len(prompt)
+
+
+def pad_batch(examples: list[tuple[list[int], int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (N,T) and shifted targets (N,T) with -100 on the prompt and padding."""
+    seqs = [ids[:max_len] for ids, _ in examples]
+    t = max(len(s) for s in seqs)
+    inp = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    tgt = torch.full((len(seqs), t), -100, dtype=torch.long)
+    for i, (s, (_, plen)) in enumerate(zip(seqs, examples, strict=True)):
+        inp[i, : len(s)] = torch.tensor(s)
+        tgt[i, plen - 1 : len(s) - 1] = torch.tensor(s[plen:])
+    return inp, tgt
+
+
+# ---- losses ------------------------------------------------------------------------------------------------
+def focal_heatmap_loss(logits: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss over the label channels in ``keep`` (channel axis -3)."""
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = (gt >= 0.999).float()
+    neg_w = (1 - gt) ** 4
+    loss = -(pos * (1 - p) ** 2 * torch.log(p) + (1 - pos) * neg_w * p**2 * torch.log(1 - p))
+    shape = [1] * loss.dim()
+    shape[-3] = -1
+    loss = loss * keep.float().view(shape)
+    return loss.sum() / pos.sum().clamp(min=1.0)
+
+
+def seg_loss(logits: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor, label_axis: int) -> torch.Tensor:
+    shape = [1] * logits.dim()
+    shape[label_axis] = -1
+    k = keep.float().view(shape)
+    bce = (F.binary_cross_entropy_with_logits(logits, gt, reduction="none") * k).sum() / (
+        k.sum() * gt[0].numel() / gt.shape[label_axis] * gt.shape[0]
+    )
+    p = torch.sigmoid(logits)
+    dims = [d for d in range(logits.dim()) if d != label_axis]
+    inter = (p * gt).sum(dims)
+    dice = 1 - (2 * inter + 1) / (p.sum(dims) + gt.sum(dims) + 1)
+    dice = (dice * keep.float()).sum() / keep.float().sum()
+    return bce * 5 + dice
+
+
+def vision_losses(model: UnifiedModel, b: Batch) -> tuple[torch.Tensor, dict[str, Any], dict[str, float]]:
+    keep = b.label_mask
+    if b.kind == "cxr":
+        o = model.forward_2d(b.image, b.modality)
+        seg = seg_loss(o["seg"], b.seg, keep, 1)
+        heat = focal_heatmap_loss(o["heatmap"], b.heat, keep)
+        reg = b.reg[:, None]
+        extra = torch.zeros(())
+    else:
+        o = model.forward_3d(b.image, b.modality)
+        seg = seg_loss(o["seg"], b.seg, keep, 2)
+        heat = focal_heatmap_loss(o["heatmap"], b.heat, keep)
+        reg = b.reg[:, :, None]
+        assert b.slice_present is not None
+        sl = F.binary_cross_entropy_with_logits(o["slice_logits"], b.slice_present, reduction="none")
+        sl = (sl * keep.float()).sum() / (keep.float().sum() * sl.shape[0] * sl.shape[1])
+        rel_t = b.slice_present.amax(-1)
+        rel = F.binary_cross_entropy_with_logits(o["relevance_logit"], rel_t)
+        extra = sl + rel
+    cls = F.binary_cross_entropy_with_logits(o["logits"], b.present, reduction="none")
+    cls = (cls * keep.float()).sum() / (keep.float().sum() * cls.shape[0])
+    nreg = reg.sum().clamp(min=1.0)
+    box = ((o["size"] - b.size).abs() * reg).sum() / nreg * 5 + ((o["offset"] - b.offset).abs() * reg).sum() / nreg
+    total = 2 * cls + heat + box + seg + extra
+    named = (("cls", cls), ("heat", heat), ("box", box), ("seg", seg), ("slice", extra))
+    parts = {k: float(v.detach()) for k, v in named}
+    return total, o, parts
+
+
+def clip_loss(model: UnifiedModel, img_emb: torch.Tensor, txt_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    if img_emb.shape[0] < 2:
+        return torch.zeros(())
+    a = F.normalize(model.align_img(img_emb), dim=-1)
+    t = F.normalize(model.align_txt(model.text_embedding(txt_ids, pad_id)), dim=-1)
+    logits = a @ t.t() * model.logit_scale.exp().clamp(max=100)
+    target = torch.arange(a.shape[0])
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 40) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# ---- the two stages ---------------------------------------------------------------------------------------
+def stage1(
+    model: UnifiedModel, pools: dict[str, list[Sample]], tok: Tokenizer, cfg: TrainConfig, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """Alignment + heads: all parameters train; round-robin over kinds (radiographs every other step)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr1, weight_decay=0.01)
+    kinds = [k for k in ("cxr", "ct", "cxr", "pet") if k in pools]
+    pad = token_id(tok, PAD)
+    history = []
+    model.train()
+    t0 = time.time()
+    for step in range(cfg.steps1):
+        kind = kinds[step % len(kinds)]
+        pool = pools[kind]
+        n = cfg.batch_2d if kind == "cxr" else cfg.batch_3d
+        batch_samples = [pool[int(i)] for i in rng.choice(len(pool), n, replace=len(pool) < n)]
+        b = collate(batch_samples, augment=rng)
+        vis, o, parts = vision_losses(model, b)
+        langs = ["en" if rng.random() < 0.5 else "zh" for _ in batch_samples]
+        lm = torch.zeros(())
+        if cfg.caption_every and step % cfg.caption_every == 0:
+            ex = [
+                text_example(tok, "report", lang, s.report[lang], None, int(rng.integers(3)))
+                for s, lang in zip(batch_samples, langs, strict=True)
+            ]
+            inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
+            logits = model.text_logits(inp, o["memory"])
+            lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+        rep_ids = [
+            tok.encode(s.report[lang], add_special_tokens=False).ids
+            for s, lang in zip(batch_samples, langs, strict=True)
+        ]
+        width = max(len(r) for r in rep_ids)
+        rep = torch.full((len(rep_ids), width), pad, dtype=torch.long)
+        for i, r in enumerate(rep_ids):
+            rep[i, : len(r)] = torch.tensor(r)
+        align = clip_loss(model, o["embedding"], rep, pad)
+        loss = vis + 0.5 * lm + 0.2 * align
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.steps1, cfg.lr1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        rec = {
+            "stage": 1,
+            "step": step,
+            "kind": kind,
+            "loss": float(loss),
+            "lm": float(lm),
+            "align": float(align),
+            **parts,
+        }
+        history.append(rec)
+        if step % cfg.log_every == 0 or step == cfg.steps1 - 1:
+            log.info(
+                "stage1 %d/%d %.0fs %s",
+                step,
+                cfg.steps1,
+                time.time() - t0,
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
+            )
+    return history
+
+
+@torch.no_grad()
+def vision_features(model: UnifiedModel, samples: list[Sample], batch: int = 32) -> dict[str, torch.Tensor]:
+    """Frozen-encoder inputs of the decoder memory for every sample: tokens, label features, probabilities."""
+    model.eval()
+    toks, feats, probs = [], [], []
+    kind = samples[0].kind
+    step = batch if kind == "cxr" else max(1, batch // 8)
+    for i in range(0, len(samples), step):
+        b = collate(samples[i : i + step])
+        o = model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
+        toks.append(o["mem_tokens"].half())
+        feats.append(o["mem_feats"].half())
+        probs.append(torch.sigmoid(o["logits"]))
+    return {"tokens": torch.cat(toks), "feats": torch.cat(feats), "probs": torch.cat(probs)}
+
+
+def stage2(
+    model: UnifiedModel, pools: dict[str, list[Sample]], tok: Tokenizer, cfg: TrainConfig, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """Instruction tuning: vision side frozen (features computed once), decoder + memory adapter train."""
+    t0 = time.time()
+    feats = {k: vision_features(model, pool) for k, pool in pools.items()}
+    log.info("stage2: vision features of %d images in %.0fs", sum(len(p) for p in pools.values()), time.time() - t0)
+    vision = [model.encoder, model.heads, model.slice_score, model.align_img, model.align_txt]
+    for m in vision:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    model.logit_scale.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr2, weight_decay=0.01)
+    pad = token_id(tok, PAD)
+    index = [(k, i) for k, pool in pools.items() for i in range(len(pool))]
+    history = []
+    model.train()
+    for step in range(cfg.steps2):
+        picks = [index[int(j)] for j in rng.choice(len(index), cfg.batch_text, replace=len(index) < cfg.batch_text)]
+        ex = []
+        for kind, i in picks:
+            s = pools[kind][i]
+            variant = int(rng.integers(3))
+            if rng.random() < 0.25 or not s.qa:
+                lang = "en" if rng.random() < 0.5 else "zh"
+                ex.append(text_example(tok, "report", lang, s.report[lang], None, variant))
+            else:
+                lang, q, a, _ = s.qa[int(rng.integers(len(s.qa)))]
+                ex.append(text_example(tok, "vqa", lang, a, q, variant))
+        inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
+        tokens = torch.stack([feats[k]["tokens"][i] for k, i in picks]).float()
+        lf = torch.stack([feats[k]["feats"][i] for k, i in picks]).float()
+        pr = torch.stack([feats[k]["probs"][i] for k, i in picks]).float()
+        memory = model._memory(tokens, lf, pr)
+        logits = model.text_logits(inp, memory)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.steps2, cfg.lr2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        opt.step()
+        history.append({"stage": 2, "step": step, "loss": float(loss)})
+        if step % cfg.log_every == 0 or step == cfg.steps2 - 1:
+            log.info("stage2 %d/%d %.0fs loss %.4f", step, cfg.steps2, time.time() - t0, float(loss))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def choose_thresholds(model: UnifiedModel, val: dict[str, list[Sample]]) -> dict[str, float]:
+    """Per-label threshold maximising F1 on the validation phantoms (pooled over the kinds the label applies to)."""
+    from models.evaluate import predict_probs
+
+    scores: dict[str, list[float]] = {k: [] for k in LABEL_KEYS}
+    truth: dict[str, list[float]] = {k: [] for k in LABEL_KEYS}
+    for kind, samples in val.items():
+        probs = predict_probs(model, samples)
+        keep = label_mask(kind)
+        for li, key in enumerate(LABEL_KEYS):
+            if keep[li]:
+                scores[key] += probs[:, li].tolist()
+                truth[key] += [float(s.present[li]) for s in samples]
+    out = {}
+    for key in LABEL_KEYS:
+        p, y = np.asarray(scores[key]), np.asarray(truth[key])
+        if y.size == 0 or y.sum() == 0:
+            out[key] = 0.5
+            continue
+        best, best_t = -1.0, 0.5
+        for t in np.linspace(0.05, 0.95, 91):
+            pred = p >= t
+            tp = float((pred & (y > 0)).sum())
+            f1 = 2 * tp / max(1.0, float(pred.sum() + (y > 0).sum()))
+            if f1 > best + 1e-9:
+                best, best_t = f1, float(t)
+        out[key] = round(best_t, 3)
+    return out
+
+
+def train(cfg: TrainConfig, out_dir: Path) -> Path:
+    """Run both stages; writes ``checkpoint.pt``, ``tokenizer.json`` and ``history.json`` into ``out_dir``."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds = available_kinds()
+    sizes = {"cxr": cfg.n_cxr, "ct": cfg.n_ct, "pet": cfg.n_pet}
+    t0 = time.time()
+    pools = {k: make_samples(k, sizes[k], TRAIN_SEED) for k in kinds if sizes[k] > 0}
+    val = {k: make_samples(k, cfg.n_val, VAL_SEED) for k in pools}
+    t_data = time.time() - t0
+    log.info("data: %s in %.0fs", {k: len(v) for k, v in pools.items()}, t_data)
+    tok = train_tokenizer(corpus([s for p in pools.values() for s in p]), cfg.vocab_size)
+    tok.save(str(out_dir / "tokenizer.json"))
+    net = NetConfig(**{"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), **cfg.net})
+    model = UnifiedModel(net)
+    log.info("model: %d parameters, vocab %d", count_parameters(model), net.vocab_size)
+    t1 = time.time()
+    h1 = stage1(model, pools, tok, cfg, rng)
+    t2 = time.time()
+    h2 = stage2(model, pools, tok, cfg, rng)
+    t3 = time.time()
+    thresholds = choose_thresholds(model, val)
+    training = {
+        "data": "synthetic phantoms generated by models/synthetic (make_case); not for clinical use",
+        "train_seed_start": TRAIN_SEED,
+        "train_cases": {k: len(v) for k, v in pools.items()},
+        "validation_seed_start": VAL_SEED,
+        "validation_cases": {k: len(v) for k, v in val.items()},
+        "seed": cfg.seed,
+        "recipe": {k: v for k, v in cfg.__dict__.items()},
+        "stages": {
+            "1": "alignment + heads, all parameters (UMIT stage 1 / UniMedI report-guided)",
+            "2": "instruction tuning (VQA + report, EN/ZH templates), vision encoder and heads frozen",
+        },
+        "seconds": {"data": round(t_data, 1), "stage1": round(t2 - t1, 1), "stage2": round(t3 - t2, 1)},
+        "parameters": count_parameters(model),
+        "final_loss": {"stage1": h1[-1]["loss"] if h1 else None, "stage2": h2[-1]["loss"] if h2 else None},
+    }
+    ckpt = out_dir / "checkpoint.pt"
+    torch.save(
+        {
+            "config": net.to_dict(),
+            "state_dict": model.state_dict(),
+            "labels": label_entries(),
+            "thresholds": thresholds,
+            "training": training,
+        },
+        ckpt,
+    )
+    (out_dir / "history.json").write_text(json.dumps(h1 + h2) + "\n", encoding="utf-8")
+    log.info("trained in %.0fs; thresholds %s", time.time() - t0, thresholds)
+    return ckpt

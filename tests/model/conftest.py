@@ -1,0 +1,33 @@
+"""Shared fixtures: one tiny trained run (a few steps, small network) exported once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.train import TrainConfig
+
+SMALL_NET = {"d": 64, "heads": 4, "enc_layers": 1, "dec_layers": 2, "max_len": 96}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A step-budgeted smoke training (3 + 3 steps) of a small network on a handful of phantoms."""
+    from models.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        steps1=4, steps2=3, n_cxr=12, n_ct=3, n_pet=3, n_val=3, batch_2d=6, batch_3d=2, batch_text=8, net=SMALL_NET
+    )
+    train(cfg, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.export import write_bundle
+
+    out = tmp_path_factory.mktemp("bundle")
+    write_bundle(smoke_run / "checkpoint.pt", smoke_run / "tokenizer.json", out)
+    return out

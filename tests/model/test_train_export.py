@@ -1,0 +1,111 @@
+"""Smoke training, ONNX export with symbolic batch axes, and ORT-vs-torch parity on fresh inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dicom_agent.inference.onnx_runner import BundleRunner
+from models.export import load_checkpoint
+from models.tokenizer import prompt_ids
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "bundled"
+
+
+def test_smoke_training_writes_a_checkpoint_with_finite_losses(smoke_run: Path) -> None:
+    history = json.loads((smoke_run / "history.json").read_text())
+    assert [h["stage"] for h in history].count(1) == 4 and [h["stage"] for h in history].count(2) == 3
+    assert all(math.isfinite(h["loss"]) for h in history)
+    ckpt = torch.load(smoke_run / "checkpoint.pt", weights_only=False)
+    assert set(ckpt["thresholds"]) == {lab["key"] for lab in ckpt["labels"]}
+    assert ckpt["training"]["train_cases"]["cxr"] == 12
+
+
+def _dims(model_path: Path) -> dict[str, list[str | int]]:
+    graph = onnx.load(str(model_path)).graph
+    return {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in [*graph.input, *graph.output]
+    }
+
+
+@pytest.mark.parametrize("bundle_name", ["smoke", "shipped"])
+def test_exported_graphs_have_symbolic_batch_axes(bundle_name: str, smoke_bundle: Path) -> None:
+    bundle = smoke_bundle if bundle_name == "smoke" else SHIPPED
+    enc2d, enc3d, dec = (_dims(bundle / f"{g}.onnx") for g in ("enc2d", "enc3d", "dec_step"))
+    assert isinstance(enc2d["image"][0], str) and isinstance(enc2d["probs"][0], str)
+    assert isinstance(enc3d["volume"][0], str) and isinstance(enc3d["modality"][0], str)
+    assert all(isinstance(enc2d[n][1], str) for n in ("cross_k", "cross_v"))
+    ids = dec["input_ids"]
+    assert isinstance(ids[0], str) and isinstance(ids[1], str)  # batch and token count
+    assert isinstance(dec["past_k"][3], str) and isinstance(dec["cross_k"][3], str)  # past and memory length
+
+
+def _torch_greedy(model, memory: torch.Tensor, prompt: list[int], eos: int, n: int) -> list[int]:
+    """Greedy decoding in torch WITHOUT the cache (full re-run each step): an independent reference."""
+    seq, out = list(prompt), []
+    for _ in range(n):
+        nxt = int(model.text_logits(torch.tensor([seq]), memory)[0, -1].argmax())
+        if nxt == eos:
+            break
+        out.append(nxt)
+        seq.append(nxt)
+    return out
+
+
+@torch.no_grad()
+def test_onnx_runtime_matches_torch_on_fresh_inputs(smoke_run: Path, smoke_bundle: Path) -> None:
+    model, _ = load_checkpoint(smoke_run / "checkpoint.pt")
+    runner = BundleRunner(smoke_bundle, device="cpu")
+    cfg = model.cfg
+    rng = np.random.default_rng(1234)
+    # batch 3 (export used 2): a frozen batch axis would fail here
+    images = rng.random((3, cfg.image_size, cfg.image_size), dtype=np.float32)
+    res = runner.run_2d(images)
+    o = model.forward_2d(torch.from_numpy(images[:, None]), torch.zeros(3, dtype=torch.long))
+    probs = torch.sigmoid(o["logits"]).numpy()
+    ort_probs = np.array([[r.probabilities[k] for k in runner.label_keys] for r in res])
+    np.testing.assert_allclose(ort_probs, probs, atol=1e-4)
+    np.testing.assert_allclose(res[1].mask_probs, torch.sigmoid(o["seg"][1]).numpy(), atol=1e-4)
+
+    volume = rng.random((cfg.depth, cfg.slice_size, cfg.slice_size), dtype=np.float32)
+    r3 = runner.run_3d(volume, "pet")
+    o3 = model.forward_3d(torch.from_numpy(volume[None]), torch.tensor([2]))
+    np.testing.assert_allclose(
+        [r3.probabilities[k] for k in runner.label_keys], torch.sigmoid(o3["logits"][0]).numpy(), atol=1e-4
+    )
+    np.testing.assert_allclose(r3.relevance, o3["relevance"][0].numpy(), atol=1e-4)
+    assert r3.top_slices == o3["top_slices"][0].tolist()
+
+    tok = runner.tokenizer
+    eos = tok.token_to_id("<eos>")
+    cases = (("report", "en", None), ("vqa", "zh", "左侧是否有胸腔积液？"), ("vqa", "en", "Is there a mass?"))
+    for task, lang, q in cases:
+        prompt = runner.prompt_ids(task, lang, q)
+        assert prompt[:3] == prompt_ids(tok, task, lang, "")[:3]
+        for i, feats in enumerate([res[0].features, res[2].features, r3.features]):
+            memory = o["memory"][i : i + 1] if i < 2 else o3["memory"]
+            if i == 1:
+                memory = o["memory"][2:3]
+            ort_ids = runner.generate_ids(feats, prompt, max_tokens=24)
+            assert ort_ids == _torch_greedy(model, memory, prompt, eos, 24)
+
+
+def test_decoder_step_accepts_empty_past_and_batch(smoke_bundle: Path) -> None:
+    runner = BundleRunner(smoke_bundle, device="cpu")
+    cfg = runner.config
+    images = np.zeros((2, cfg["image_size"], cfg["image_size"]), np.float32)
+    out = runner._run("enc2d", {"image": images[:, None]})
+    dh = cfg["d"] // cfg["heads"]
+    past = np.zeros((cfg["dec_layers"], 2, cfg["heads"], 0, dh), np.float32)
+    ids = np.array([[2, 6, 7, 4], [2, 6, 8, 4]], np.int64)
+    logits, pk, _ = runner.sessions["dec_step"].run(
+        None, {"input_ids": ids, "cross_k": out["cross_k"], "cross_v": out["cross_v"], "past_k": past, "past_v": past}
+    )
+    assert logits.shape == (2, cfg["vocab_size"]) and pk.shape[3] == 4
