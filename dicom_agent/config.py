@@ -90,16 +90,34 @@ class Settings(BaseSettings):
     device: str = "auto"
     languages: CsvList = Field(default_factory=lambda: ["en", "zh"])
 
+    # pipeline (Celery queues, time limits, retries, job liveness; docs/pipeline.md)
+    default_queue: Literal["", "gpu", "cpu"] = ""  # "" = gpu when DEVICE is cuda*, else cpu
+    queue_prefix: str = ""  # prepended to gpu/cpu/export, to share one broker between installations
+    infer_time_limit_s: float = Field(900.0, gt=0)  # hard limit; the soft limit is 60 s earlier
+    encode_time_limit_s: float = Field(300.0, gt=0)
+    export_time_limit_s: float = Field(300.0, gt=0)
+    task_max_retries: int = Field(5, ge=0)  # transient errors, exponential backoff
+    task_retry_base_s: float = Field(5.0, gt=0)
+    job_heartbeat_s: float = Field(5.0, gt=0)  # a running job refreshes its heartbeat this often
+    job_stale_s: float = Field(60.0, gt=0)  # a running job silent this long lost its worker: re-queued
+    job_resend_s: float = Field(600.0, gt=0)  # a queued job not picked up this long is sent again
+    metrics_port: int = Field(0, ge=0, le=65535)  # Prometheus port of a worker/SCP/exporter process; 0 = off
+
     # export
     export_retry_base_s: float = Field(5.0, gt=0)
     export_retry_cap_s: float = Field(600.0, gt=0)
     export_max_attempts: int = Field(8, ge=1)
+    export_default_profile: Literal["full", "sr-only", "key-images"] = "full"
+    export_poll_s: float = Field(2.0, gt=0)  # outbox poll interval of the exporter
+    export_timeout_s: float | None = Field(None, gt=0)  # association + DIMSE timeout; default DIMSE_TIMEOUT_S
+    manufacturer: str = Field("dicom_agent", max_length=64)  # Manufacturer of the SR/SEG/KOS we write
 
     # web
     web_host: str = "127.0.0.1"
     web_port: int = Field(8080, ge=0, le=65535)
     secret_key: str | None = None
     production: bool = False
+    web_admin_password: str | None = None  # embedded mode only: creates user 'admin' on first start
 
     # logging
     log_json: bool = False

@@ -21,7 +21,6 @@ from types import FrameType
 
 from dicom_agent.config import Settings
 from dicom_agent.errors import RoutingError
-from dicom_agent.tasks.knobs import knob_int
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def serve_all(settings: Settings) -> None:
         sys.stderr.write(f"dicom-agent: {exc}\n")
         raise SystemExit(2) from exc
     configure(settings)
-    metrics.start_metrics_server(knob_int(settings, "metrics_port"))
+    metrics.start_metrics_server(settings.metrics_port)
 
     stop = threading.Event()
 

@@ -88,3 +88,15 @@ def test_migrations_match_the_orm(database_url: str) -> None:
     with engine_for(database_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_send_walks_folders_for_part10_files_only() -> None:
+    """``dicom-agent send samples/`` must skip the ground truth and masks committed beside the studies."""
+    from dicom_agent.export.scu import iter_dicom_files
+
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    found = list(iter_dicom_files([samples]))
+    assert len(found) == len(list(samples.rglob("*.dcm"))) > 0
+    assert all(p.suffix == ".dcm" for p in found)
+    named = samples / "cxr" / "ground_truth.json"
+    assert list(iter_dicom_files([named])) == [named]  # a file named directly is tried, and fails clearly

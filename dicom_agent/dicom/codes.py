@@ -15,6 +15,7 @@ class Code(NamedTuple):
 
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("2667000", "SCT", "Absent")
+NO_ABNORMALITY_DETECTED = Code("281900007", "SCT", "No abnormality detected")
 IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
 CT_CHEST_PROCEDURE = Code("25045-6", "LN", "CT unspecified body region")
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")

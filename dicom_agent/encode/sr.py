@@ -19,7 +19,15 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
-from dicom_agent.dicom.codes import ABSENT, CHINESE_SIMPLIFIED, ENGLISH_US, IMAGING_MEASUREMENT_REPORT, PRESENT, Code
+from dicom_agent.dicom.codes import (
+    ABSENT,
+    CHINESE_SIMPLIFIED,
+    ENGLISH_US,
+    IMAGING_MEASUREMENT_REPORT,
+    NO_ABNORMALITY_DETECTED,
+    PRESENT,
+    Code,
+)
 from dicom_agent.encode.equipment import CHARSET, contributing_equipment, device_observer_context, sr_algorithm_id
 from dicom_agent.encode.identity import SERIES_NUMBER, ResultIdentity, copy_study_attributes, pin_timestamps
 from dicom_agent.encode.seg import EncodedSeg, SegmentInfo, coded, sort_series
@@ -123,6 +131,16 @@ class _Groups:
             qualitative_evaluations=[presence(finding.code, finding.present)],
         )
 
+    def nothing_found(self) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        """TID 1500 needs one group: a model that reports no finding at all says so explicitly."""
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=self.ident.uid("finding", "none"), identifier="AI no finding"
+            ),
+            finding_type=coded(NO_ABNORMALITY_DETECTED),
+            qualitative_evaluations=[presence(NO_ABNORMALITY_DETECTED, True)],
+        )
+
     def box(self, k: int, j: int, finding: Finding, box: Box) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
         source = self.by_uid.get(box.image.sop_instance_uid)
         if source is None:
@@ -197,7 +215,7 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer_context(findings.model)),
         procedure_reported=procedure_reported(sources),
-        imaging_measurements=[*study_level, *planar, *volumetric],
+        imaging_measurements=[*study_level, *planar, *volumetric] or [groups.nothing_found()],
         title=coded(IMAGING_MEASUREMENT_REPORT),
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(coded(ENGLISH_US)),
         referenced_images=library,

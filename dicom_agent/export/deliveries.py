@@ -14,7 +14,7 @@ from pydicom import Dataset
 
 from dicom_agent.db.session import session_scope
 from dicom_agent.encode.objects import EncodedObject
-from dicom_agent.encode.study import DEFAULT_MANUFACTURER, encode_study
+from dicom_agent.encode.study import encode_study
 from dicom_agent.export import outbox
 from dicom_agent.export.destinations import Destination, configured_destinations
 from dicom_agent.inference.types import StudyFindings
@@ -34,7 +34,7 @@ def publish_results(
     """Encodes the run once per profile in use (``full`` is always stored, for review), stores and queues it."""
     targets = list(destinations) if destinations is not None else configured_destinations(settings)
     profiles = dict.fromkeys(["full", *(d.profile for d in targets)])
-    manufacturer = getattr(settings, "manufacturer", DEFAULT_MANUFACTURER)
+    manufacturer = settings.manufacturer
     stored: list[outbox.Stored] = []
     with session_scope(settings.database_url) as session:
         for profile in profiles:

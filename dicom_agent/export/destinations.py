@@ -1,7 +1,7 @@
 """Where results go and in which output profile: ``AET@host:port`` or ``AET@host:port?profile=sr-only``.
 
 The profile rides on the destination string so that the existing ``DESTINATIONS`` setting (comma separated)
-carries it; ``EXPORT_DEFAULT_PROFILE`` (read with a default until it exists in Settings) applies otherwise.
+carries it; ``EXPORT_DEFAULT_PROFILE`` applies otherwise.
 """
 
 from __future__ import annotations
@@ -40,5 +40,5 @@ class Destination:
 
 def configured_destinations(settings: Any) -> list[Destination]:
     """``settings.destinations`` parsed; invalid entries raise (fail at start, not at first send)."""
-    default = getattr(settings, "export_default_profile", DEFAULT_PROFILE)
-    return [Destination.parse(text, default) for text in getattr(settings, "destinations", [])]
+    default = settings.export_default_profile
+    return [Destination.parse(text, default) for text in settings.destinations]

@@ -24,7 +24,6 @@ from dicom_agent.export.sender import RetryPolicy, claim, due_ids, send_claimed
 log = logging.getLogger(__name__)
 
 _WAKE = threading.Event()
-DEFAULT_POLL_S = 2.0
 
 
 def wake() -> None:
@@ -64,8 +63,8 @@ class Exporter:
         self.settings = settings
         self.factory = session_factory(settings.database_url)
         self.policy = RetryPolicy.from_settings(settings)
-        self.timeout_s = float(getattr(settings, "export_timeout_s", settings.dimse_timeout_s))
-        self.poll_s = float(getattr(settings, "export_poll_s", DEFAULT_POLL_S))
+        self.timeout_s = settings.export_timeout_s or settings.dimse_timeout_s
+        self.poll_s = settings.export_poll_s
 
     def run_once(self) -> dict[int, ExportState]:
         """Claims and sends every row due when the pass starts; returns the new state per export id.

@@ -62,12 +62,27 @@ class SendResult:
 
 
 def iter_dicom_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files given directly, and every file below given folders, in a stable order."""
+    """Files given directly, and the DICOM Part 10 files below given folders, in a stable order.
+
+    Folders are filtered by the ``DICM`` preamble so that ground truth, masks and READMEs beside a study are
+    skipped; a file named directly is always tried, so a wrong one gets a clear failure.
+    """
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            found = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            yield from sorted(p for p in found if has_part10_preamble(p))
         else:
             yield path
+
+
+def has_part10_preamble(path: Path) -> bool:
+    """True for a DICOM Part 10 file: 128 bytes of preamble, then ``DICM``."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _make_ae(calling_aet: str, timeout_s: float) -> AE:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_agent import metrics
 from dicom_agent.db.orm import Export, ResultObject, utcnow
 from dicom_agent.db.states import ExportState, check_export
 from dicom_agent.dicom.status import is_transient_failure
@@ -167,6 +168,7 @@ def _record(
                 continue  # replayed or removed meanwhile: leave it to its new owner
             now = utcnow()
             row.attempts += 1
+            metrics.EXPORT_ATTEMPTS.labels(destination=row.destination).inc()
             state = outcome.state
             if state is ExportState.PENDING and row.attempts >= policy.max_attempts:
                 state = ExportState.DEAD
@@ -176,7 +178,9 @@ def _record(
                 row.sent_at = now
                 row.last_error = None
                 log.info("export %d to %s delivered (attempt %d)", export_id, row.destination, row.attempts)
-            elif state is ExportState.PENDING:
+            else:
+                metrics.EXPORT_FAILURES.labels(destination=row.destination, kind=state.value).inc()
+            if state is ExportState.PENDING:
                 delay = policy.delay(row.attempts)
                 row.next_try_at = now + timedelta(seconds=delay)
                 row.last_error = outcome.error
@@ -184,7 +188,8 @@ def _record(
                     "export %d to %s failed (attempt %d/%d): %s; retry in %.1fs",
                     export_id, row.destination, row.attempts, policy.max_attempts, outcome.error, delay,
                 )  # fmt: skip
-            else:
+            elif state is ExportState.DEAD:
+                metrics.EXPORT_DEAD.labels(destination=row.destination).inc()
                 row.last_error = outcome.error
                 log.error(
                     "export %d to %s dead after %d attempt(s): %s",

@@ -58,8 +58,8 @@ def is_image_text_checkpoint(directory: Path) -> bool:
 def load_adapter(settings: Any, model_dir: Path | None = None, device: str | None = None) -> ModelAdapter:
     """The adapter for ``settings.model_dir`` (or ``model_dir``): a bundle by its manifest, else a checkpoint."""
     directory = Path(model_dir or settings.model_dir)
-    device = str(device or getattr(settings, "device", "auto"))
-    languages = tuple(getattr(settings, "languages", ("en", "zh")))
+    device = str(device or settings.device)
+    languages = tuple(settings.languages)
     if (directory / "manifest.json").is_file():
         from dicom_agent.inference.bundle_adapter import BundleAdapter
 

@@ -15,6 +15,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.exc import OperationalError
 
+from dicom_agent import metrics
 from dicom_agent.dicom.header import InvalidUidError, MissingUidError
 from dicom_agent.dicom.status import EchoStatus, StoreStatus
 from dicom_agent.errors import DatasetTooLargeError, StorageFullError, UnreadableDatasetError
@@ -63,6 +64,7 @@ def handle_store(event: Event, ingest: Ingest) -> int:
 
 def _refuse(status: StoreStatus, exc: Exception, calling_ae: str) -> int:
     log.warning("C-STORE from %s refused with %s (0x%04X): %s", calling_ae, status.name, status, exc)
+    metrics.REJECTIONS.labels(reason=status.name.lower()).inc()
     return status
 
 
@@ -86,8 +88,13 @@ def handle_connection_closed(event: Event) -> None:
         log.warning("association from %s ended mid-dataset; %d partial file(s) removed", _peer(event), left)
 
 
+def handle_accepted(event: Event) -> None:
+    metrics.ASSOCIATIONS.labels(calling_ae=event.assoc.requestor.ae_title).inc()
+
+
 def handle_rejected(event: Event) -> None:
     log.warning("association from %s (calling AE %r) rejected", _peer(event), event.assoc.requestor.ae_title)
+    metrics.REJECTIONS.labels(reason="association").inc()
 
 
 def handle_aborted(event: Event) -> None:

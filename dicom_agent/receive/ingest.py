@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from dicom_agent import metrics
 from dicom_agent.dicom.header import InstanceHeader
 from dicom_agent.errors import DatasetTooLargeError, StorageFullError, UnreadableDatasetError
 from dicom_agent.receive.reading import read_header
@@ -83,6 +84,8 @@ class Ingest:
         self.filestore.sync_folder_of(relpath)
         if result.replaced_relpath:
             self.filestore.remove(result.replaced_relpath)
+        metrics.INSTANCES_RECEIVED.labels(modality=header.modality or "unknown").inc()
+        metrics.BYTES_RECEIVED.inc(size)
         return result
 
     def _place(self, path: Path, relpath: Path) -> None:

@@ -211,6 +211,7 @@ def start_server(settings: Settings, *, reuse_port: bool = False, sweeper: bool 
         (evt.EVT_C_STORE, handlers.handle_store, [ae.spool_owner]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
+        (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_ABORTED, handlers.handle_aborted),
     ]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
+from dicom_agent import metrics
 from dicom_agent.config import Settings
 from dicom_agent.db.orm import Study
 from dicom_agent.db.session import session_factory
@@ -32,13 +33,13 @@ def sweep_once(settings: Settings, now: datetime | None = None) -> list[int]:
     completed: list[int] = []
     with session_factory(settings.database_url)() as session:
         candidates = session.execute(
-            select(Study.id, Study.modalities, Study.last_received_at).where(
+            select(Study.id, Study.modalities, Study.last_received_at, Study.first_received_at).where(
                 Study.state == StudyState.RECEIVING.value,
                 Study.last_received_at <= horizon,
                 Study.instance_count > 0,
             )
         ).all()
-        for study_id, modalities, last_received_at in candidates:
+        for study_id, modalities, last_received_at, first_received_at in candidates:
             if not is_complete(settings, modalities, last_received_at, now):
                 continue
             new_state = check_study(StudyState.RECEIVING, StudyState.COMPLETE)
@@ -55,6 +56,8 @@ def sweep_once(settings: Settings, now: datetime | None = None) -> list[int]:
             if won:
                 completed.append(study_id)
                 log.info("study %s complete", study_id)
+                if first_received_at is not None:
+                    metrics.observe_study_completed(first_received_at)
                 emit_study_completed(study_id)
     return completed
 

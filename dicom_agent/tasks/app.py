@@ -21,7 +21,6 @@ from celery import Celery
 from kombu import Queue
 
 from dicom_agent.config import Settings, get_settings
-from dicom_agent.tasks.knobs import knob_float, knob_str
 
 QUEUES = ("gpu", "cpu", "export")
 # Celery's AMQP convention: larger is more urgent. Redis inverts it (0 first), handled in ``priority_for``.
@@ -36,7 +35,7 @@ def queue_name(settings: Settings, role: str) -> str:
     """The broker queue of a role (``gpu``, ``cpu``, ``export``), with the installation's prefix."""
     if role not in QUEUES:
         raise ValueError(f"unknown queue {role!r}: use {', '.join(QUEUES)}")
-    return knob_str(settings, "queue_prefix") + role
+    return settings.queue_prefix + role
 
 
 def broker_kind(url: str) -> str:
@@ -67,7 +66,7 @@ def priority_for(settings: Settings, priority: str) -> int | None:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     kind = broker_kind(settings.broker_url)
-    infer_limit = knob_float(settings, "infer_time_limit_s")
+    infer_limit = settings.infer_time_limit_s
     queue_args = {"x-max-priority": MAX_PRIORITY + 1} if kind == "amqp" else None
     transport: dict[str, Any] = {}
     if kind == "sqlalchemy":
@@ -122,7 +121,7 @@ def configure(settings: Settings | None = None) -> Celery:
     """Points the app at the settings' broker (again, if they changed: tests switch brokers)."""
     global _configured_for
     settings = settings or get_settings()
-    key = (settings.broker_url, knob_str(settings, "queue_prefix"))
+    key = (settings.broker_url, settings.queue_prefix)
     if _configured_for != key:
         if _configured_for is not None:  # drop connections and producers bound to the previous broker
             from kombu import pools

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task
@@ -19,7 +19,6 @@ from sqlalchemy.exc import OperationalError
 from dicom_agent.config import get_settings
 from dicom_agent.errors import PermanentError, TransientError
 from dicom_agent.tasks.app import app
-from dicom_agent.tasks.knobs import knob_float, knob_int
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +31,15 @@ def backoff_s(retries: int, base_s: float, cap_s: float = 600.0) -> float:
     return float(min(cap_s, base_s * 2**retries))
 
 
-def pipeline_task(name: str, id_kind: str, on_permanent: OnPermanent, time_limit_knob: str) -> Callable[[IdTask], Task]:
+TimeLimitSetting = Literal["infer_time_limit_s", "encode_time_limit_s", "export_time_limit_s"]
+
+
+def pipeline_task(
+    name: str, id_kind: str, on_permanent: OnPermanent, time_limit: TimeLimitSetting
+) -> Callable[[IdTask], Task]:
     """Registers ``fn(obj_id)`` as Celery task ``dicom_agent.<name>``; ``id_kind`` names the id in logs."""
     settings = get_settings()
-    limit = knob_float(settings, time_limit_knob)
+    limit = float(getattr(settings, time_limit))
 
     def wrap(fn: IdTask) -> Task:
         @app.task(
@@ -44,7 +48,7 @@ def pipeline_task(name: str, id_kind: str, on_permanent: OnPermanent, time_limit
             acks_late=True,
             reject_on_worker_lost=True,
             ignore_result=True,
-            max_retries=knob_int(settings, "task_max_retries"),
+            max_retries=settings.task_max_retries,
             time_limit=limit,
             soft_time_limit=max(1.0, limit - 60),
         )
@@ -61,7 +65,7 @@ def pipeline_task(name: str, id_kind: str, on_permanent: OnPermanent, time_limit
                     log.error("%s gave up after %d tries: %s", name, retries + 1, exc, extra=extra)
                     on_permanent(obj_id, f"gave up after {retries + 1} tries: {exc}")
                     return
-                delay = backoff_s(retries, knob_float(get_settings(), "task_retry_base_s"))
+                delay = backoff_s(retries, get_settings().task_retry_base_s)
                 log.warning("%s transient failure, retry in %.0fs: %s", name, delay, exc, extra=extra)
                 raise self.retry(exc=exc, countdown=delay) from exc
             except SoftTimeLimitExceeded:

@@ -24,7 +24,6 @@ from dicom_agent.routing.engine import Decision, decide
 from dicom_agent.routing.facts import facts_from_db
 from dicom_agent.routing.rules import RuleSet, load_rules
 from dicom_agent.tasks.claims import claim_is_dead_here, now
-from dicom_agent.tasks.knobs import knob_float, knob_str
 
 log = logging.getLogger(__name__)
 PRIORITY_RANK = {"stat": 10, "routine": 50}
@@ -44,7 +43,7 @@ def resolve_queue(settings: Settings, decision_queue: str) -> str:
     """``auto`` → DEFAULT_QUEUE, else ``gpu`` when DEVICE is cuda*, else ``cpu``."""
     if decision_queue != "auto":
         return decision_queue
-    configured = knob_str(settings, "default_queue")
+    configured = settings.default_queue
     if configured:
         return configured
     return "gpu" if settings.device.startswith("cuda") else "cpu"
@@ -68,7 +67,7 @@ def route_study(study_id: int, settings: Settings | None = None) -> int | None:
 def _record(study_id: int, d: Decision, settings: Settings) -> int | None:
     extra = {"study_id": study_id}
     with session_scope() as s:
-        study = s.get(Study, study_id)
+        study = s.get(Study, study_id, with_for_update=True)  # the hook and the recovery pass may race
         if study is None:
             log.warning("completed study %s not found", study_id, extra=extra)
             return None
@@ -172,15 +171,17 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
     - jobs ``queued`` and not sent for JOB_RESEND_S (all of them when ``resend_all_queued``, at worker start);
     - jobs ``running`` whose heartbeat is older than JOB_STALE_S, or whose worker process of this host is gone
       (their worker died): back to ``queued``,
-      sent again, or — when inference had finished — ``encode_results`` sent again.
+      sent again, or — when inference had finished — ``encode_results`` sent again;
+    - studies left ``complete`` but never routed (the process that completed them died before its hook ran).
     Stat jobs first.
     """
     from dicom_agent.tasks.pipeline import send_encode, send_infer
 
     settings = settings or get_settings()
     t = now()
-    resend_before = t - timedelta(seconds=0 if resend_all_queued else knob_float(settings, "job_resend_s"))
-    stale_before = t - timedelta(seconds=knob_float(settings, "job_stale_s"))
+    routed = [route_study(study_id, settings) for study_id in stranded_complete_studies(t - STRANDED_AFTER)]
+    resend_before = t - timedelta(seconds=0 if resend_all_queued else settings.job_resend_s)
+    stale_before = t - timedelta(seconds=settings.job_stale_s)
     infer: list[tuple[int, str, str]] = []
     encode: list[tuple[int, str]] = []
     with session_scope() as s:
@@ -227,4 +228,18 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
 
     exported = settle_exported()
     metrics.refresh_queue_depth()
-    return {"infer": len(infer), "encode": len(encode), "exported": exported}
+    return {"infer": len(infer), "encode": len(encode), "exported": exported, "routed": len(routed)}
+
+
+STRANDED_AFTER = timedelta(seconds=10)  # the completion hook routes within milliseconds when its process lives
+
+
+def stranded_complete_studies(completed_before: datetime) -> list[int]:
+    with session_scope() as s:
+        return list(
+            s.scalars(
+                select(Study.id)
+                .where(Study.state == StudyState.COMPLETE, Study.completed_at <= completed_before)
+                .order_by(Study.priority_rank, Study.completed_at)
+            )
+        )

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydicom import dcmread
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from dicom_agent import metrics
 from dicom_agent.config import Settings, get_settings
@@ -21,6 +22,7 @@ from dicom_agent.db import audit
 from dicom_agent.db.orm import Export, Finding, Instance, Job, ResultObject, Series, Study
 from dicom_agent.db.session import session_scope
 from dicom_agent.db.states import ExportState, JobState, StudyState, check_job, check_study
+from dicom_agent.encode import finding_tracking_uids
 from dicom_agent.errors import PermanentInferenceError, TransientError
 from dicom_agent.inference.types import SeriesInput, StudyFindings, StudyInput
 from dicom_agent.store.atomic import resolve_inside
@@ -29,7 +31,6 @@ from dicom_agent.tasks.app import configure, priority_for, queue_name
 from dicom_agent.tasks.artifacts import load_findings, save_findings
 from dicom_agent.tasks.base import pipeline_task
 from dicom_agent.tasks.claims import Heartbeat, claim_is_dead_here, me, now, try_claim
-from dicom_agent.tasks.knobs import knob_float
 
 log = logging.getLogger(__name__)
 _DONE_JOB = {JobState.SUCCEEDED, JobState.FAILED, JobState.SUPERSEDED}
@@ -184,7 +185,7 @@ def run_inference(job_id: int) -> None:
         send_encode(job_id, priority, settings)
         return
     dead = claimed_by if state == JobState.RUNNING and claim_is_dead_here(claimed_by) else None
-    if not try_claim(job_id, knob_float(settings, "job_stale_s"), dead):
+    if not try_claim(job_id, settings.job_stale_s, dead):
         log.info("infer_study: job %s is running elsewhere (%s); duplicate dropped", job_id, claimed_by, extra=extra)
         return
 
@@ -201,7 +202,7 @@ def run_inference(job_id: int) -> None:
         adapter = parts.adapter(settings)
         device = str(getattr(adapter, "device", None) or getattr(adapter, "provider", None) or settings.device)
         t0 = time.monotonic()
-        with Heartbeat(job_id, knob_float(settings, "job_heartbeat_s")):
+        with Heartbeat(job_id, settings.job_heartbeat_s):
             findings = adapter.predict(inputs)
         infer_s = time.monotonic() - t0
         metrics.INFERENCE_SECONDS.labels(model=model_name, device=device).observe(infer_s)
@@ -306,6 +307,7 @@ def run_encode(job_id: int) -> None:
         job.state = check_job(job.state, JobState.SUCCEEDED)
         job.finished_at = now()
         job.claimed_by = None
+        _record_tracking_uids(s, job_id, finding_tracking_uids(findings, sources, revision=revision))
         if study.state in {StudyState.QUEUED, StudyState.INFERRING}:
             if study.state == StudyState.QUEUED:
                 _move_study(study, StudyState.INFERRING)
@@ -317,6 +319,16 @@ def run_encode(job_id: int) -> None:
     if completed_at is not None:
         metrics.observe_results_latency(completed_at)
     send_exports(export_ids, priority, settings)
+
+
+def _record_tracking_uids(s: Session, job_id: int, tracking: list[list[str]]) -> None:
+    """Each finding row gets the Tracking UID of its first SR group, so a radiologist's rejection removes it."""
+    rows = s.scalars(select(Finding).where(Finding.job_id == job_id).order_by(Finding.id)).all()
+    if len(rows) != len(tracking):
+        log.warning("job %s: %d finding rows but %d encoded findings", job_id, len(rows), len(tracking))
+        return
+    for row, uids in zip(rows, tracking, strict=True):
+        row.tracking_uid = uids[0] if uids else None
 
 
 @pipeline_task("encode_results", "job_id", job_failed, "encode_time_limit_s")

@@ -21,7 +21,6 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from dicom_agent.config import Settings, get_settings
-from dicom_agent.tasks.knobs import knob_float, knob_int
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def _load_model(**_: Any) -> None:
     settings = get_settings()
     # connections inherited from the parent (its recovery thread) must not be shared across the fork
     engine_for(settings.database_url).dispose(close=False)
-    port = knob_int(settings, "metrics_port")
+    port = settings.metrics_port
     if port:
         metrics.start_metrics_server(port + (current_process().index or 0))
     try:
@@ -96,7 +95,7 @@ def _recovery_main(settings_data: dict[str, Any]) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker; it stops us
-    interval = min(5.0, max(1.0, knob_float(settings, "job_stale_s") / 2))
+    interval = min(5.0, max(1.0, settings.job_stale_s / 2))
     first = True
     while not stop.is_set():
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ class _AsgiEndpoint:
 
 def _bootstrap_admin(settings: Settings, factory: sessionmaker[Session]) -> None:
     """Embedded mode only: creates user ``admin`` from ``DICOM_AGENT_WEB_ADMIN_PASSWORD`` when no user exists yet."""
-    password = os.environ.get(BOOTSTRAP_ENV)
+    password = settings.web_admin_password
     if not password:
         return
     if settings.production:

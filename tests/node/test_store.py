@@ -154,3 +154,18 @@ def test_dcmtk_storescu_and_echoscu(node: ServerHandle, settings: Settings, tmp_
     )
     assert run.returncode == 0, run.stderr
     assert _rows(settings) == (1, 1, 5)
+
+
+def test_receive_metrics_count_instances_bytes_and_associations(node: ServerHandle) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (value("dicom_agent_instances_received_total", modality="CT"), value("dicom_agent_received_bytes_total"))
+    assocs = value("dicom_agent_associations_total", calling_ae="TEST_SCU")
+    datasets = [make_instance(number=i) for i in range(1, 3)]
+    assert send(node.port, datasets) == [StoreStatus.SUCCESS] * 2
+    assert value("dicom_agent_instances_received_total", modality="CT") == before[0] + 2
+    assert value("dicom_agent_received_bytes_total") > before[1] + 2 * 16 * 16 * 2
+    assert value("dicom_agent_associations_total", calling_ae="TEST_SCU") == assocs + 1

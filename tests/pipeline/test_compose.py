@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from dicom_agent.config import Settings
-from dicom_agent.tasks.knobs import DEFAULTS
 from tests.conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +62,7 @@ def test_orthanc_is_wired_both_ways(compose: dict[str, Any]) -> None:
 
 
 def test_node_environment_uses_only_known_settings(compose: dict[str, Any]) -> None:
-    known = {f"DICOM_AGENT_{k.upper()}" for k in Settings.model_fields} | {f"DICOM_AGENT_{k.upper()}" for k in DEFAULTS}
+    known = {f"DICOM_AGENT_{k.upper()}" for k in Settings.model_fields}
     for name in NODE_ROLES:
         env = compose["services"][name]["environment"]
         unknown = {k for k in env if k.startswith("DICOM_AGENT_")} - known

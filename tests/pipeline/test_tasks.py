@@ -38,6 +38,10 @@ def test_complete_study_flows_to_exported_and_redelivery_does_nothing(pipeline: 
         kinds = sorted(k for (k,) in _rows(ResultObject.kind, ResultObject.job_id == job_id))
         assert kinds == ["kos", "sr"]  # the stand-in has a box and no mask: no SEG
         assert _count(Finding, Finding.job_id == job_id) == 1
+        ((tracking_uid,),) = _rows(Finding.tracking_uid, Finding.job_id == job_id)
+        ((sr_path,),) = _rows(ResultObject.path, ResultObject.job_id == job_id, ResultObject.kind == "sr")
+        assert isinstance(tracking_uid, str) and isinstance(sr_path, str)
+        assert tracking_uid.encode() in (pipeline.storage / sr_path).read_bytes()  # the review can reject it
         delivered = list(pipeline.sink.received)
         assert len(delivered) == 2 and _count(Export, Export.state == "done") == 2
         export_ids = [e for (e,) in _rows(Export.id)]
@@ -177,11 +181,32 @@ def test_recovery_resends_jobs_the_broker_never_got_and_jobs_of_dead_workers(pip
         job = s.get(Job, dead_job)
         assert job is not None
         job.claimed_by, job.heartbeat_at = "gone:1", now() - timedelta(seconds=600)
-    assert recover(resend_all_queued=True) == {"infer": 2, "encode": 0, "exported": 0}
+    assert recover(resend_all_queued=True) == {"infer": 2, "encode": 0, "exported": 0, "routed": 0}
     with pipeline.start_worker():
         wait_for(lambda: study_state(lost) == study_state(dead) == StudyState.EXPORTED, what="both recovered")
     assert _job(dead_job).attempts == 2 and _job(lost_job).attempts == 1
     assert pipeline.adapter.calls == 2
+
+
+def test_recovery_routes_a_study_left_complete_by_a_crash(embedded_pipeline: Pipeline) -> None:
+    """The sweep committed ``complete`` and its process died before the hook routed the study."""
+    from datetime import timedelta
+
+    from dicom_agent.tasks.claims import now
+
+    stranded = store_study(embedded_pipeline.storage)
+    fresh = store_study(embedded_pipeline.storage)  # just completed: its own hook is about to route it
+    with session_scope() as s:
+        for study_id, age_s in ((stranded, 60), (fresh, 0)):
+            study = s.get(Study, study_id)
+            assert study is not None
+            study.completed_at = now() - timedelta(seconds=age_s)
+    assert recover()["routed"] == 1
+    assert study_state(stranded) == StudyState.QUEUED and study_state(fresh) == StudyState.COMPLETE
+    assert recover()["routed"] == 0  # routed once, never twice
+    with embedded_pipeline.start_worker():
+        wait_for(lambda: study_state(stranded) == StudyState.EXPORTED, what="stranded study exported")
+    assert embedded_pipeline.adapter.calls == 1
 
 
 def _settings():  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ deterministic bytes; UIDs that change with the revision."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -216,6 +217,19 @@ def test_empty_mask_gives_no_segment() -> None:
     assert findings.findings[0].mask is not None
     findings.findings[0].mask.pixels[:] = False
     assert [o.kind for o in encode_study(findings, sources)] == ["sr", "kos"]
+
+
+def test_no_findings_at_all_still_gives_a_valid_sr(tmp_path: Path) -> None:
+    """An adapter may return nothing (e.g. a site checkpoint whose text parses to no finding)."""
+    sources = S.ct_series()
+    objects = encode_study(replace(F.ct_findings(sources), findings=[]), sources)
+    assert [o.kind for o in objects] == ["sr"]  # no boxes: no key images; no masks: no SEG
+    path = tmp_path / "sr.dcm"
+    objects[0].dataset.save_as(path, enforce_file_format=True)
+    assert group_templates(path) == ["1501"]
+    report = V.dciodvfy(path)
+    assert not report.errors and not report.warnings, report.text
+    assert set(impressions(path)) == {"en-US", "zh-CN"}
 
 
 def test_sr_only_profile() -> None:
