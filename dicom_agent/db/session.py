@@ -55,7 +55,14 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    session = session_factory(url)()
+    with transaction(session_factory(url)) as session:
+        yield session
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of ``factory`` committed when the block ends normally, rolled back when it raises."""
+    session = factory()
     try:
         yield session
         session.commit()

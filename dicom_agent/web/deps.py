@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_agent.config import Settings
 from dicom_agent.db.orm import User
+from dicom_agent.db.session import transaction
 from dicom_agent.web.security import csrf_matches
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -41,15 +42,8 @@ def get_settings_dep(request: Request) -> Settings:
 def get_db(request: Request) -> Iterator[Session]:
     """One session per request: committed when the route returns, rolled back when it raises."""
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    session = factory()
-    try:
+    with transaction(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def session_data(request: Request) -> dict[str, Any]:
