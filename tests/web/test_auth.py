@@ -195,20 +195,19 @@ def test_security_headers(client: TestClient) -> None:
     assert r.headers["x-frame-options"] == "DENY"
 
 
-def test_bootstrap_admin_in_embedded_mode(web_settings, monkeypatch: pytest.MonkeyPatch, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_bootstrap_admin_in_embedded_mode(web_settings, db: Session) -> None:  # type: ignore[no-untyped-def]
     from dicom_agent.web.app import create_app
 
-    monkeypatch.setenv("DICOM_AGENT_WEB_ADMIN_PASSWORD", "first-admin-pw")
-    with TestClient(create_app(web_settings)) as c:
+    with TestClient(create_app(web_settings.model_copy(update={"web_admin_password": "first-admin-pw"}))) as c:
         login(c, "admin", "first-admin-pw")
         assert c.get("/admin").status_code == 200
 
 
-def test_no_bootstrap_admin_in_production(web_settings, monkeypatch: pytest.MonkeyPatch, db: Session) -> None:  # type: ignore[no-untyped-def]
+def test_no_bootstrap_admin_in_production(web_settings, db: Session) -> None:  # type: ignore[no-untyped-def]
     from dicom_agent.web.app import create_app
 
-    monkeypatch.setenv("DICOM_AGENT_WEB_ADMIN_PASSWORD", "first-admin-pw")
-    create_app(web_settings.model_copy(update={"production": True, "secret_key": "s" * 40}))
+    update = {"production": True, "secret_key": "s" * 40, "web_admin_password": "first-admin-pw"}
+    create_app(web_settings.model_copy(update=update))
     assert db.scalar(select(User).where(User.username == "admin")) is None
 
 
