@@ -1,7 +1,8 @@
 """Ingest throughput of our SCP against Orthanc and dcmtk's storescp, measured side by side in one run.
 
 Sender: dcmtk's ``storescu`` (full path: pynetdicom shadows it in the venv), 1 association, or 4 concurrent
-associations (the files split four ways, one storescu each). Receivers, each started fresh for every round:
+associations (the files split four ways, one storescu each). Receivers, started fresh for each set and
+TCP_NODELAY mode; every round sends a new copy of the set (new UIDs) to each receiver in turn:
 
 * ``ours``    ``python -m dicom_agent scp``: spool → fsync → rename → SQLite row → Success (the real durable path);
               with ``--ours-processes 1,2`` also the same with ``SCP_PROCESSES=2`` (SO_REUSEPORT), shown as ``ours×2``;
@@ -12,9 +13,11 @@ Sets: ``ct`` (512×512 16-bit slices, 500 at scale 1), ``dx`` (~10 MB radiograph
 TCP_NODELAY ``on``/``off``: the ``TCP_NODELAY`` environment variable (``1`` / unset) given to storescu, storescp
 and Orthanc (dcmtk keeps Nagle on unless it is set); our SCP sets TCP_NODELAY and re-arms TCP_QUICKACK itself.
 
-Every round is checked: the receiver must hold every instance afterwards (index rows, Orthanc's count, files).
-Prints instances/s, MB/s (medians of ``--rounds``), peak RSS (VmHWM; ours: the SCP process plus any extra
-receiving processes), and the ratios ours/peer; writes ``bench/results/ingest.json``.
+Time: from starting the storescu process(es) to the last one exiting (storescu's own start and file scan are
+in it, alike for every receiver). Every send is checked: the receiver must hold every new instance afterwards
+(index rows, Orthanc's count, files). Prints instances/s, MB/s (medians of ``--rounds``), peak RSS over the set
+(VmHWM; ours: the SCP process plus its extra receiving processes), and the ratios ours/peer; writes
+``bench/results/ingest.json``.
 
     python bench/ingest.py [--scale 0.1] [--rounds 3] [--sets ct,dx,tiny] [--assocs 1,4] [--nodelay on,off]
 """
@@ -295,26 +298,52 @@ class Cell:
         return self.megabytes / m if m else None
 
 
-def measure(
-    starter: Callable[[Path], Receiver], files: list[Path], assocs: int, rounds: int, root: Path, cell: Cell
-) -> None:
-    for r in range(rounds):
-        work = Path(tempfile.mkdtemp(prefix=f"{cell.receiver}-{cell.set}-{assocs}-{cell.nodelay}-{r}-", dir=root))
-        receiver = starter(work)
-        try:
-            elapsed = send(files, receiver, assocs, work)
-            held = receiver.count()
-            if held != len(files):
-                cell.errors.append(f"round {r}: {held}/{len(files)} instances held after the send")
-                continue
-            cell.seconds.append(elapsed)
+def block(
+    name: str,
+    count: int,
+    nodelay: str,
+    assoc_modes: list[int],
+    rounds: int,
+    starters: list[tuple[str, Callable[[Path], Receiver]]],
+    root: Path,
+) -> list[Cell]:
+    """One set in one TCP_NODELAY mode: every receiver started once; each round sends a fresh copy of the set
+    (new UIDs: no receiver ever sees a duplicate) to each receiver in turn, so load changes on a shared
+    machine hit all of them alike. Peak RSS is read when the block ends (it covers both association modes)."""
+    receivers: list[Receiver] = []
+    cells = {(a, n): Cell(name, a, nodelay, n, count, 0.0) for a in assoc_modes for n, _ in starters}
+    try:
+        for receiver_name, starter in starters:
+            work = Path(tempfile.mkdtemp(prefix=f"{receiver_name}-{name}-{nodelay}-", dir=root))
+            receivers.append(starter(work))
+        for assocs in assoc_modes:
+            for r in range(rounds):
+                files = make_set(name, root / "data" / f"{name}-{assocs}-{r}", count, seed=r)
+                megabytes = sum(p.stat().st_size for p in files) / 2**20
+                for receiver in receivers:
+                    cell = cells[(assocs, receiver.name)]
+                    cell.megabytes = megabytes
+                    try:
+                        before = receiver.count()
+                        elapsed = send(files, receiver, assocs, root)
+                        held = receiver.count() - before
+                    except (RuntimeError, OSError) as exc:
+                        cell.errors.append(f"round {r}: {exc}")
+                        continue
+                    if held != len(files):
+                        cell.errors.append(f"round {r}: {held}/{len(files)} new instances held after the send")
+                        continue
+                    cell.seconds.append(elapsed)
+                for p in files:
+                    p.unlink()
+    finally:
+        for receiver in receivers:
             rss = receiver.rss()
-            if rss:
-                cell.peak_rss_mb.append(rss / 2**20)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            cell.errors.append(f"round {r}: {exc}")
-        finally:
+            for (_, receiver_name), cell in cells.items():
+                if receiver_name == receiver.name and rss:
+                    cell.peak_rss_mb.append(rss / 2**20)
             receiver.stop()
+    return list(cells.values())
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -380,32 +409,23 @@ def main() -> None:
     if "storescp" in wanted:
         starters.append(("storescp", start_storescp))
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every receiver
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
         for name in sets:
             count = max(8, round(SETS[name][4] * args.scale))
-            t0 = time.perf_counter()
-            files = make_set(name, root / "data" / name, count)
-            megabytes = sum(p.stat().st_size for p in files) / 2**20
-            print(
-                f"# set {name}: {count} instances, {megabytes:.1f} MB ({time.perf_counter() - t0:.1f}s to make)",
-                flush=True,
-            )
+            print(f"# set {name}: {count} instances per send", flush=True)
             for nodelay in nodelays:
                 with nodelay_env(nodelay):
-                    for assocs in assoc_modes:
-                        for receiver, starter in starters:
-                            cell = Cell(name, assocs, nodelay, receiver, count, megabytes)
-                            measure(starter, files, assocs, args.rounds, root, cell)
-                            cells.append(cell)
-                            print(
-                                f"  {name} assoc={assocs} nodelay={nodelay} {receiver:9s} "
-                                f"{fmt(cell.inst_per_s)} inst/s {('; '.join(cell.errors))[:100]}",
-                                flush=True,
-                            )
-            for p in files:
-                p.unlink()
+                    done = block(name, count, nodelay, assoc_modes, args.rounds, starters, root)
+                cells += done
+                for cell in done:
+                    print(
+                        f"  {name} assoc={cell.assocs} nodelay={nodelay} {cell.receiver:9s} "
+                        f"{fmt(cell.inst_per_s)} inst/s {fmt(cell.mb_per_s, 1)} MB/s {('; '.join(cell.errors))[:100]}",
+                        flush=True,
+                    )
 
     print()
     print(table(cells))
