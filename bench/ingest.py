@@ -17,7 +17,7 @@ Time: from starting the storescu process(es) to the last one exiting (storescu's
 in it, alike for every receiver). Every send is checked: the receiver must hold every new instance afterwards
 (index rows, Orthanc's count, files). Prints instances/s, MB/s (medians of ``--rounds``), peak RSS over the set
 (VmHWM; ours: the SCP process plus its extra receiving processes), and the ratios ours/peer; writes
-``bench/results/ingest.json``.
+``bench/results/ingest.json`` (and the log of any receiver a send failed on under ``bench/results/ingest-logs/``).
 
     python bench/ingest.py [--scale 0.1] [--rounds 3] [--sets ct,dx,tiny] [--assocs 1,4] [--nodelay on,off]
 """
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import sqlite3
@@ -57,6 +58,7 @@ from tests.peers import Orthanc, dcmtk, free_port  # noqa: E402
 
 AET = "DICOM_AGENT"
 RESULTS = REPO / "bench" / "results" / "ingest.json"
+LOGS = RESULTS.parent / "ingest-logs"
 # name -> (SOP class, modality, rows, columns, instances at scale 1)
 SETS: dict[str, tuple[str, str, int, int, int]] = {
     "ct": (CTImageStorage, "CT", 512, 512, 500),
@@ -147,6 +149,7 @@ class Receiver:
     count: Callable[[], int]
     stop: Callable[[], None]
     rss: Callable[[], int | None] = lambda: None
+    log: Path | None = None  # kept under bench/results/ingest-logs/ when a send to this receiver failed
 
 
 def start_ours(work: Path, processes: int, env_extra: dict[str, str]) -> Receiver:
@@ -192,7 +195,7 @@ def start_ours(work: Path, processes: int, env_extra: dict[str, str]) -> Receive
             proc.wait(10)
 
     name = "ours" if processes == 1 else f"ours×{processes}"
-    return Receiver(name, port, AET, count, stop, rss)
+    return Receiver(name, port, AET, count, stop, rss, work / "scp.log")
 
 
 def start_orthanc(work: Path) -> Receiver:
@@ -204,7 +207,7 @@ def start_orthanc(work: Path) -> Receiver:
     def rss() -> int | None:
         return _proc_hwm(peer.proc.pid) if peer.proc is not None else None
 
-    return Receiver("orthanc", peer.dicom_port, peer.aet, count, peer.stop, rss)
+    return Receiver("orthanc", peer.dicom_port, peer.aet, count, peer.stop, rss, peer.workdir / "orthanc.log")
 
 
 def start_storescp(work: Path) -> Receiver:
@@ -223,7 +226,9 @@ def start_storescp(work: Path) -> Receiver:
             proc.kill()
             proc.wait(5)
 
-    return Receiver("storescp", port, "STORESCP", lambda: sum(1 for _ in out.iterdir()), stop)
+    return Receiver(
+        "storescp", port, "STORESCP", lambda: sum(1 for _ in out.iterdir()), stop, log=work / "storescp.log"
+    )
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -311,11 +316,12 @@ def block(
     (new UIDs: no receiver ever sees a duplicate) to each receiver in turn, so load changes on a shared
     machine hit all of them alike. Peak RSS is read when the block ends (it covers both association modes)."""
     receivers: list[Receiver] = []
+    workdirs: list[Path] = []
     cells = {(a, n): Cell(name, a, nodelay, n, count, 0.0) for a in assoc_modes for n, _ in starters}
     try:
         for receiver_name, starter in starters:
-            work = Path(tempfile.mkdtemp(prefix=f"{receiver_name}-{name}-{nodelay}-", dir=root))
-            receivers.append(starter(work))
+            workdirs.append(Path(tempfile.mkdtemp(prefix=f"{receiver_name}-{name}-{nodelay}-", dir=root)))
+            receivers.append(starter(workdirs[-1]))
         for assocs in assoc_modes:
             for r in range(rounds):
                 files = make_set(name, root / "data" / f"{name}-{assocs}-{r}", count, seed=r)
@@ -343,6 +349,12 @@ def block(
                 if receiver_name == receiver.name and rss:
                     cell.peak_rss_mb.append(rss / 2**20)
             receiver.stop()
+            failed = any(c.errors for (_, n), c in cells.items() if n == receiver.name)
+            if failed and receiver.log is not None and receiver.log.exists():
+                LOGS.mkdir(parents=True, exist_ok=True)
+                shutil.copy(receiver.log, LOGS / f"{receiver.name}-{name}-{nodelay}.log")
+        for work in workdirs:
+            shutil.rmtree(work, ignore_errors=True)
     return list(cells.values())
 
 

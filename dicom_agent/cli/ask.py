@@ -108,13 +108,18 @@ def ask(
     except AskError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        fail(f"cannot read the index: {first_line}")
+        fail(f"cannot read the index: {_first_line(exc)}")
     except (DicomAgentError, OSError, ValueError) as exc:
-        fail(f"cannot answer about study {study_uid}: {exc}")
+        fail(f"cannot answer about study {study_uid}: {_first_line(exc)}")
     if not text:
         fail("the model gave an empty answer")
     out(text)
+
+
+def _first_line(exc: Exception) -> str:
+    """One line for stderr: database and validation errors carry SQL or a multi-line report after it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def register(app: typer.Typer) -> None:

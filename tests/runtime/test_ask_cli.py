@@ -126,3 +126,10 @@ def test_study_the_rules_ignore_needs_series(node: int, tmp_path: Path) -> None:
 def test_bad_language_is_refused(node: int) -> None:
     code, _, err = _run("1.2.3", "Is there a nodule?", "--lang", "fr")
     assert code == 1 and "--lang must be one of en, zh" in err
+
+
+def test_an_index_without_tables_fails_with_one_line(settings_env: Path) -> None:
+    """DATABASE_URL pointing at a database that was never migrated (wrong URL, fresh machine)."""
+    code, out, err = _run("1.2.3", "Is there a nodule?")
+    assert code == 1 and out == ""
+    assert err.startswith("dicom-agent: cannot read the index: ") and len(err.strip().splitlines()) == 1, err
