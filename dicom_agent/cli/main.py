@@ -26,7 +26,7 @@ def _register_optional() -> None:
     """Command groups owned by later parts of the data flow; each module adds itself to ``app``."""
     import importlib
 
-    for name in ("samples", "model", "exports", "routes", "users"):
+    for name in ("samples", "model", "exports", "routes", "users", "ask"):
         try:
             module = importlib.import_module(f"dicom_agent.cli.{name}")
         except ModuleNotFoundError as exc:
