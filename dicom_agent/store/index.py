@@ -177,6 +177,7 @@ def _insert_new(
         study_id = session.scalars(select(Study.id).where(Study.study_instance_uid == h.study_instance_uid)).one()
     # Lock order: the study row first, then its series and instances. Every writer of a study queues here,
     # so two associations can never hold each other's series or instance keys (no deadlock on PostgreSQL).
+    # The INSERT comes first on purpose: on SQLite it takes the write lock, so the reads below are not stale.
     study = session.get(Study, study_id, with_for_update=True, populate_existing=True)
     assert study is not None
     series_values = {
@@ -188,8 +189,10 @@ def _insert_new(
         "series_number": h.series_number,
         "image_type": h.image_type,
     }
-    series_id = _insert_ignore(session, Series, series_values, "series_instance_uid")
+    series_id = session.scalars(select(Series.id).where(Series.series_instance_uid == h.series_instance_uid)).first()
     if series_id is None:
+        series_id = _insert_ignore(session, Series, series_values, "series_instance_uid")
+    if series_id is None:  # inserted by another writer between our SELECT and INSERT
         series_id = session.scalars(select(Series.id).where(Series.series_instance_uid == h.series_instance_uid)).one()
     instance_values = {
         "series_id": series_id,
