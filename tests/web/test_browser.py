@@ -176,8 +176,11 @@ def test_review_and_sign_in_a_real_browser(
             page.screenshot(path=str(shots / "study.png"), full_page=True)
 
             # reject one finding
-            page.locator(f"#finding-{reject_id} button[data-action=reject]").click()
-            page.wait_for_selector(f"#finding-{reject_id}.is-rejected")
+            decision_url = f"/findings/{reject_id}/decision"
+            with page.expect_response(lambda r: r.url.endswith(decision_url), timeout=60_000) as posted:
+                page.locator(f"#finding-{reject_id} button[data-action=reject]").click()
+            assert posted.value.status in (200, 302, 303), posted.value.status
+            page.wait_for_selector(f"#finding-{reject_id}.is-rejected", timeout=60_000)
 
             # edit the Chinese report text and sign (the confirm dialog is accepted)
             page.fill("textarea[name=report_zh]", EDIT_ZH)
