@@ -39,6 +39,7 @@ class EvalConfig:
     oor_cases: int = 100
     vqa_cases: int = 100
     corruptions: bool = True
+    report_cases: int = 0  # cases per modality written as DICOM and run through the adapter (rendered text)
     kinds: tuple[str, ...] = ("cxr", "ct", "pet")
     seed: int = EVAL_SEED
 
@@ -313,6 +314,73 @@ def vqa_metrics(
     }
 
 
+def _place(label: str, location: str | None, laterality: str | None, focal: bool) -> str | None:
+    """What "finding + location" compares: the location key of a focal finding, the side of a non-focal one."""
+    return location if focal else laterality
+
+
+def report_metrics(bundle: Path, kind: str, cases: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """Rendered report text of record, end to end: phantoms written as DICOM, ``BundleAdapter.predict`` (the
+    runtime's preprocessing, heads, map-back and bilingual renderer), the EN and ZH impressions parsed back with
+    the per-language lexicons and compared with the ground truth: finding F1 (labels) and finding + location F1
+    ((label, place) pairs; place = location key of focal findings, side of non-focal ones), micro-averaged over
+    cases, per language; EN/ZH consistency = share of cases where parse(EN) == parse(ZH)."""
+    import shutil
+
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from dicom_agent.inference.parse import parse
+    from dicom_agent.inference.types import SeriesInput, StudyInput
+    from models.synthetic import make_case
+    from models.synthetic.dicom_writer import write_case
+    from models.terminology import LABELS
+
+    adapter = BundleAdapter(bundle, device="cpu", narrative=False)
+    vocab = adapter.vocabulary
+    counts = {lang: {"f": [0, 0, 0], "fl": [0, 0, 0]} for lang in ("en", "zh")}  # tp, fp, fn
+    consistent = 0
+    for i in range(cases):
+        case = make_case(kind, seed + i)
+        folder = workdir / f"{kind}{i}"
+        written = write_case(case, folder)
+        modality = json.loads(written.ground_truth.read_text(encoding="utf-8"))["modality"]
+        study = StudyInput(
+            written.study_instance_uid, [SeriesInput(written.series_instance_uid, modality, written.files)]
+        )
+        result = adapter.predict(study)
+        shutil.rmtree(folder, ignore_errors=True)
+        truth_f = {les.label for les in case.lesions}
+        truth_fl = {
+            (les.label, _place(les.label, les.location, les.laterality, LABELS[les.label].focal))
+            for les in case.lesions
+        }
+        parsed = {}
+        for lang in ("en", "zh"):
+            found = [f for f in parse(result.impression[lang], lang, vocab) if not f.negated]
+            got_f = {f.label for f in found}
+            got_fl = {
+                (f.label, _place(f.label, f.location, f.laterality, vocab.labels[f.label].focal))
+                for f in found
+                if f.label in vocab.labels
+            }
+            parsed[lang] = got_fl
+            for key, got, truth in (("f", got_f, truth_f), ("fl", got_fl, truth_fl)):
+                c = counts[lang][key]
+                c[0] += len(got & truth)
+                c[1] += len(got - truth)
+                c[2] += len(truth - got)
+        consistent += int(parsed["en"] == parsed["zh"])
+
+    def f1(c: list[int]) -> float:
+        return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
+
+    return {
+        "n": cases,
+        "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
+        "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
+        "consistency": consistent / max(1, cases),
+    }
+
+
 _NAMES: dict[str, str] | None = None
 
 
@@ -375,6 +443,11 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
             for name in ("noise", "blur", "contrast"):
                 imgs = np.stack([corrupt(x, name, rng) for x in base])
                 m["corruptions"][name] = structured_metrics(samples, run_bundle(runner, samples, imgs), thresholds)
+        if cfg.report_cases:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                m["report"] = report_metrics(bundle, kind, cfg.report_cases, cfg.seed, Path(tmp))
         m["seconds"] = round(time.time() - t0, 1)
         result["modalities"][kind] = m
         log.info("eval %s done in %.0fs", kind, m["seconds"])
@@ -421,6 +494,20 @@ def format_tables(metrics: dict[str, Any]) -> str:
             f"| {kind} | {_fmt(v['exact_match'].get('en'))} | {_fmt(v['exact_match'].get('zh'))} | {v['questions']} | "
             f"{_fmt(v['prior'])} | {both(b)} | {both(s)} | {_fmt(v['decoder_heads_disagreement'])} |"
         )
+    if any("report" in m for m in metrics["modalities"].values()):
+        lines += [
+            "",
+            "| modality | rendered text: cases | finding F1 EN / ZH | finding+location F1 EN / ZH | EN=ZH |",
+            "|---|---|---|---|---|",
+        ]
+        for kind, m in metrics["modalities"].items():
+            if "report" in m:
+                r = m["report"]
+                lines.append(
+                    f"| {kind} | {r['n']} | {_fmt(r['finding_f1']['en'])} / {_fmt(r['finding_f1']['zh'])} | "
+                    f"{_fmt(r['finding_location_f1']['en'])} / {_fmt(r['finding_location_f1']['zh'])} | "
+                    f"{_fmt(r['consistency'])} |"
+                )
     lines += ["", "| modality | VQA by question kind |", "|---|---|"]
     for kind, m in metrics["modalities"].items():
         if "vqa" in m:
@@ -450,6 +537,8 @@ def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
             entry["vqa_blank_image"] = m["control_blank"]["vqa"]["exact_match"]
             entry["vqa_shuffled_image"] = m["control_shuffled"]["vqa"]["exact_match"]
             entry["decoder_heads_disagreement"] = m["vqa"]["decoder_heads_disagreement"]
+        if "report" in m:
+            entry["rendered_text"] = m["report"]
         if "out_of_range" in m:
             o = m["out_of_range"]
             entry["out_of_range"] = {k: o.get(k) for k in ("n", "auroc", "map50", "dice", "slice_hit")}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODALITIES = ("cxr", "ct", "pet")
+SEG_TOPK = 16  # pixels of the segmentation map pooled into the label logit
 
 
 @dataclass
@@ -122,6 +123,9 @@ class ImageEncoder(nn.Module):
         grid = cfg.image_size // cfg.stride
         self.pos = nn.Parameter(torch.randn(1, d, grid, grid) * 0.02)
         self.modality = nn.Embedding(len(MODALITIES), d)
+        # small like the positions: at the default N(0, 1) this constant outweighed the image features ~10x,
+        # so after LayerNorm every token looked alike and nothing downstream could learn
+        nn.init.normal_(self.modality.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, cross=False) for _ in range(cfg.enc_layers))
         self.norm = nn.LayerNorm(d)
 
@@ -129,7 +133,10 @@ class ImageEncoder(nn.Module):
         self, x: torch.Tensor, modality: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N,1,H,W) in [0,1], modality (N,) long -> tokens (N,h*w,d), grid (N,d,h,w), skips at /2 and /4."""
-        f1 = self.s1(x * 2.0 - 1.0)
+        x = x * 2.0 - 1.0
+        if self.training:  # oneDNN's weight gradient of a 1-channel NCHW conv is ~100x slower than channels-last
+            x = x.contiguous(memory_format=torch.channels_last)
+        f1 = self.s1(x).contiguous()
         f2 = self.s2(f1)
         g = self.s3(f2)
         h, w = g.shape[-2], g.shape[-1]
@@ -151,8 +158,9 @@ class Heads(nn.Module):
         d, n = cfg.d, cfg.n_labels
         self.label_queries = nn.Parameter(torch.randn(n, d) * 0.02)
         self.label_key = nn.Linear(d, d)
-        self.label_out = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.label_out = nn.Parameter(torch.randn(n, d) / math.sqrt(d))  # unit-scale token scores
         self.label_bias = nn.Parameter(torch.zeros(n))
+        self.seg_gain = nn.Parameter(torch.zeros(n))  # starts decoupled; learns how much the masks tell
         self.det = nn.Sequential(nn.Conv2d(d, d, 1), nn.GELU(), nn.Conv2d(d, n + 4, 1))  # tokens already see context
         self.reduce = nn.Conv2d(d, 32, 1)  # keep the upsampling path cheap: it dominated the FLOPs
         self.up1 = _conv(32 + 64, 32, 1)
@@ -163,11 +171,19 @@ class Heads(nn.Module):
         nn.init.constant_(det_out.bias[:n], -2.19)  # CenterNet prior: sigmoid = 0.1
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Label-wise attention pooling: (N,T,d) -> label features (N,L,d), logits (N,L)."""
+        """Label-wise attention pooling: (N,T,d) -> label features (N,L,d), logits (N,L).
+
+        Each token gets its own evidence score per label; the attention adds that score to a learned
+        query-key term, so from the first step a label attends to the tokens that carry its evidence (a small
+        nodule is a few tokens of 256: plain averaging, the old start, drowned it). The image logit is the
+        attention-weighted mean of the token scores (soft-max pooling, multiple-instance style).
+        """
         keys = self.label_key(tokens)
-        att = torch.softmax(torch.einsum("ld,ntd->nlt", self.label_queries, keys) / math.sqrt(keys.shape[-1]), -1)
+        scores = torch.einsum("ld,ntd->nlt", self.label_out, tokens)  # per-token evidence (N,L,T)
+        query = torch.einsum("ld,ntd->nlt", self.label_queries, keys) / math.sqrt(keys.shape[-1])
+        att = torch.softmax(query + scores, -1)
         feats = torch.einsum("nlt,ntd->nld", att, tokens)
-        logits = (feats * self.label_out).sum(-1) + self.label_bias
+        logits = (att * scores).sum(-1) + self.label_bias
         return feats, logits
 
     def forward(
@@ -181,6 +197,9 @@ class Heads(nn.Module):
         u = F.interpolate(u, scale_factor=2.0, mode="bilinear")
         u = self.up2(torch.cat([u, f1], 1))
         seg = F.interpolate(self.seg_out(u), scale_factor=2.0, mode="bilinear")
+        # the segmentation is also evidence for the label: the mean of its top-k logits joins the image logit
+        top = torch.topk(seg.flatten(2), SEG_TOPK, dim=-1).values.mean(-1)
+        logits = logits + self.seg_gain * top
         return {
             "label_feats": feats,
             "logits": logits,

@@ -82,14 +82,20 @@ def evaluate(
     cases: Annotated[int, typer.Option(min=4, help="held-out cases per modality")] = 300,
     vqa_cases: Annotated[int, typer.Option(min=0, help="cases per modality whose VQA pairs are decoded")] = 100,
     corruptions: Annotated[bool, typer.Option(help="also measure under noise/blur/contrast corruptions")] = True,
-    write: Annotated[bool, typer.Option(help="write the metrics into manifest.json and docs/model.md tables")] = False,
+    report_cases: Annotated[
+        int, typer.Option(min=0, help="cases per modality written as DICOM and run through the adapter (text F1)")
+    ] = 100,
+    oor_cases: Annotated[int, typer.Option(min=0, help="out-of-range cases per modality")] = 100,
+    write: Annotated[bool, typer.Option(help="write the metrics into manifest.json")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write all metrics as JSON here")] = None,
 ) -> None:
     """Held-out synthetic evaluation of a bundle (ONNX Runtime): AUROC, ECE, mAP@0.5, Dice, slice hits, VQA."""
     _logging()
     from models.evaluate import EvalConfig, format_tables, run_eval
 
-    cfg = EvalConfig(cases=cases, vqa_cases=vqa_cases, corruptions=corruptions)
+    cfg = EvalConfig(
+        cases=cases, oor_cases=oor_cases, vqa_cases=vqa_cases, corruptions=corruptions, report_cases=report_cases
+    )
     metrics = run_eval(bundle, cfg)
     out(format_tables(metrics))
     if json_out is not None:
