@@ -134,7 +134,7 @@ class ImageEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N,1,H,W) in [0,1], modality (N,) long -> tokens (N,h*w,d), grid (N,d,h,w), skips at /2 and /4."""
         x = x * 2.0 - 1.0
-        if self.training:  # oneDNN's weight gradient of a 1-channel NCHW conv is ~100x slower than channels-last
+        if self.training:  # oneDNN's backward of a 1-channel NCHW conv: 0.52 s vs 3 ms channels-last
             x = x.contiguous(memory_format=torch.channels_last)
         f1 = self.s1(x).contiguous()
         f2 = self.s2(f1)

@@ -284,7 +284,7 @@ def stage2(
     history = []
     model.train()
     for step in range(cfg.steps2):
-        # a batch is all reports or all VQA: padding a short VQA pair to report length wasted ~3x the compute
+        # a batch is all reports or all VQA: padding short VQA pairs to report length wasted most of the compute
         reports = rng.random() < cfg.report_share
         n = cfg.batch_text // 2 if reports else cfg.batch_text
         picks = [index[int(j)] for j in rng.choice(len(index), n, replace=len(index) < n)]
