@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     export_retry_base_s: float = Field(5.0, gt=0)
     export_retry_cap_s: float = Field(600.0, gt=0)
     export_max_attempts: int = Field(8, ge=1)
-    export_default_profile: Literal["full", "sr-only", "key-images"] = "full"
+    export_default_profile: Literal["full", "sr-only", "key-images", "key-images+gsps"] = "full"  # encode.PROFILES
     export_poll_s: float = Field(2.0, gt=0)  # outbox poll interval of the exporter
     export_timeout_s: float | None = Field(None, gt=0)  # association + DIMSE timeout; default DIMSE_TIMEOUT_S
     manufacturer: str = Field("dicom_agent", max_length=64)  # Manufacturer of the SR/SEG/KOS we write

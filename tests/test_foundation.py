@@ -100,3 +100,11 @@ def test_send_walks_folders_for_part10_files_only() -> None:
     assert all(p.suffix == ".dcm" for p in found)
     named = samples / "cxr" / "ground_truth.json"
     assert list(iter_dicom_files([named])) == [named]  # a file named directly is tried, and fails clearly
+
+
+def test_default_export_profile_accepts_every_encoder_profile() -> None:
+    from typing import get_args
+
+    from dicom_agent.encode.study import PROFILES
+
+    assert set(get_args(Settings.model_fields["export_default_profile"].annotation)) == set(PROFILES)

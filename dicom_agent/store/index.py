@@ -189,11 +189,12 @@ def _insert_new(
         "series_number": h.series_number,
         "image_type": h.image_type,
     }
-    series_id = session.scalars(select(Series.id).where(Series.series_instance_uid == h.series_instance_uid)).first()
+    series_by_uid = select(Series.id).where(Series.series_instance_uid == h.series_instance_uid)
+    series_id = session.scalars(series_by_uid).first()
     if series_id is None:
         series_id = _insert_ignore(session, Series, series_values, "series_instance_uid")
     if series_id is None:  # inserted by another writer between our SELECT and INSERT
-        series_id = session.scalars(select(Series.id).where(Series.series_instance_uid == h.series_instance_uid)).one()
+        series_id = session.scalars(series_by_uid).one()
     instance_values = {
         "series_id": series_id,
         "study_id": study_id,

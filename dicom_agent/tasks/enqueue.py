@@ -179,7 +179,9 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
 
     settings = settings or get_settings()
     t = now()
-    routed = [route_study(study_id, settings) for study_id in stranded_complete_studies(t - STRANDED_AFTER)]
+    stranded = stranded_complete_studies(t - STRANDED_AFTER)
+    for study_id in stranded:  # the completion hook itself: a routing failure is recorded, not raised
+        on_study_complete(study_id)
     resend_before = t - timedelta(seconds=0 if resend_all_queued else settings.job_resend_s)
     stale_before = t - timedelta(seconds=settings.job_stale_s)
     infer: list[tuple[int, str, str]] = []
@@ -228,7 +230,7 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
 
     exported = settle_exported()
     metrics.refresh_queue_depth()
-    return {"infer": len(infer), "encode": len(encode), "exported": exported, "routed": len(routed)}
+    return {"infer": len(infer), "encode": len(encode), "exported": exported, "routed": len(stranded)}
 
 
 STRANDED_AFTER = timedelta(seconds=10)  # the completion hook routes within milliseconds when its process lives
