@@ -47,6 +47,7 @@ class NetConfig:
     depth: int = 32  # slices per volume after resampling
     top_k: int = 4  # slices whose tokens feed the decoder
     stride: int = 8  # token grid = input side / stride
+    global_head: int = 1  # 1: a pooled whole-image classifier adds to the attention-pooled finding logits
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -161,6 +162,10 @@ class Heads(nn.Module):
         self.label_out = nn.Parameter(torch.randn(n, d) / math.sqrt(d))  # unit-scale token scores
         self.label_bias = nn.Parameter(torch.zeros(n))
         self.seg_gain = nn.Parameter(torch.zeros(n))  # starts decoupled; learns how much the masks tell
+        # whole-image evidence (effusion, pneumothorax, cardiomegaly are shapes and sizes, not spots): mean- and
+        # max-pooled tokens through an MLP; its logit adds to the attention-pooled one
+        pooled = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, n))
+        self.global_cls = pooled if cfg.global_head else None
         self.det = nn.Sequential(nn.Conv2d(d, d, 1), nn.GELU(), nn.Conv2d(d, n + 4, 1))  # tokens already see context
         self.reduce = nn.Conv2d(d, 32, 1)  # keep the upsampling path cheap: it dominated the FLOPs
         self.up1 = _conv(32 + 64, 32, 1)
@@ -170,8 +175,8 @@ class Heads(nn.Module):
         assert isinstance(det_out, nn.Conv2d) and det_out.bias is not None
         nn.init.constant_(det_out.bias[:n], -2.19)  # CenterNet prior: sigmoid = 0.1
 
-    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Label-wise attention pooling: (N,T,d) -> label features (N,L,d), logits (N,L).
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Label-wise attention pooling: (N,T,d) -> label features (N,L,d), logits (N,L), attention (N,L,T).
 
         Each token gets its own evidence score per label; the attention adds that score to a learned
         query-key term, so from the first step a label attends to the tokens that carry its evidence (a small
@@ -184,12 +189,20 @@ class Heads(nn.Module):
         att = torch.softmax(query + scores, -1)
         feats = torch.einsum("nlt,ntd->nld", att, tokens)
         logits = (att * scores).sum(-1) + self.label_bias
-        return feats, logits
+        if self.global_cls is not None:
+            logits = logits + self.global_cls(torch.cat([tokens.mean(1), tokens.amax(1)], -1))
+        return feats, logits, att
 
     def forward(
         self, tokens: torch.Tensor, grid: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        feats, logits = self.pool(tokens)
+        feats, logits, att = self.pool(tokens)
+        # where each label looks: the attention's centroid on the token grid, (x, y) in [0, 1]
+        h, w = grid.shape[-2], grid.shape[-1]
+        ys = (torch.arange(h, dtype=tokens.dtype) + 0.5) / h
+        xs = (torch.arange(w, dtype=tokens.dtype) + 0.5) / w
+        coords = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(h * w, 2)
+        where = att @ coords
         det = self.det(grid)
         n = logits.shape[1]
         u = F.interpolate(self.reduce(grid), scale_factor=2.0, mode="bilinear")
@@ -202,6 +215,7 @@ class Heads(nn.Module):
         logits = logits + self.seg_gain * top
         return {
             "label_feats": feats,
+            "where": where,
             "logits": logits,
             "heatmap": det[:, :n],
             "size": det[:, n : n + 2],
@@ -264,7 +278,11 @@ class UnifiedModel(nn.Module):
         self.heads = Heads(cfg)
         self.slice_score = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.label_embed = nn.Parameter(torch.randn(n, d) * 0.02)
-        self.present_embed = nn.Parameter(torch.randn(d) * 0.02)
+        # presence as two clearly separate directions at the scale of the features: at std 0.02 the decoder
+        # never picked the heads' probability up and answered VQA from the question alone
+        self.present_embed = nn.Parameter(torch.randn(d) * 0.5)
+        self.absent_embed = nn.Parameter(torch.randn(d) * 0.5)
+        self.where_proj = nn.Linear(3, d)  # label attention centroid (x, y, slice) -> memory
         self.mem_proj = nn.Linear(d, d)
         self.mem_type = nn.Parameter(torch.randn(2, d) * 0.02)  # 0 = image token, 1 = label token
         self.decoder = TextDecoder(cfg)
@@ -273,10 +291,21 @@ class UnifiedModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     # ---- visual memory for the decoder -------------------------------------------------------------------
-    def _memory(self, tokens: torch.Tensor, label_feats: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """Image tokens + one token per label carrying the heads' probability ("structured first")."""
+    def _memory(
+        self, tokens: torch.Tensor, label_feats: torch.Tensor, probs: torch.Tensor, where: torch.Tensor
+    ) -> torch.Tensor:
+        """Image tokens + one token per label carrying the heads' probability and where the label looked
+        (x, y, slice in [0, 1]) — "structured first": the decoder reads the heads instead of re-deriving them."""
         img = self.mem_proj(tokens) + self.mem_type[0]
-        lab = self.label_embed[None] + label_feats + probs[..., None] * self.present_embed + self.mem_type[1]
+        p = probs[..., None]
+        lab = (
+            self.label_embed[None]
+            + label_feats
+            + p * self.present_embed
+            + (1 - p) * self.absent_embed
+            + self.where_proj(where)
+            + self.mem_type[1]
+        )
         return torch.cat([img, lab], dim=1)
 
     # ---- 2D -------------------------------------------------------------------------------------------------
@@ -285,8 +314,9 @@ class UnifiedModel(nn.Module):
         tokens, grid, f1, f2 = self.encoder(image, modality)
         out = self.heads(tokens, grid, f1, f2)
         probs = torch.sigmoid(out["logits"])
-        out["memory"] = self._memory(tokens, out["label_feats"], probs)
-        out["mem_tokens"], out["mem_feats"] = tokens, out["label_feats"]
+        where = torch.cat([out["where"], torch.full_like(out["where"][..., :1], 0.5)], -1)
+        out["memory"] = self._memory(tokens, out["label_feats"], probs, where)
+        out["mem_tokens"], out["mem_feats"], out["mem_where"] = tokens, out["label_feats"], where
         out["embedding"] = tokens.mean(1)
         return out
 
@@ -308,6 +338,9 @@ class UnifiedModel(nn.Module):
         vol_logits = (w * slice_logits).sum(1)
         feats = out["label_feats"].reshape(n, depth, -1, d)
         vol_feats = (w[..., None] * feats).sum(1)
+        z = (torch.arange(depth, dtype=volume.dtype) + 0.5) / depth
+        where_xy = (w[..., None] * out["where"].reshape(n, depth, -1, 2)).sum(1)
+        where = torch.cat([where_xy, (w * z[None, :, None]).sum(1)[..., None]], -1)
         k = self.cfg.top_k
         top = torch.topk(rel_logit, k, dim=1).indices  # (N,k)
         idx = top[:, :, None, None].expand(n, k, t, d)
@@ -323,9 +356,10 @@ class UnifiedModel(nn.Module):
             "size": out["size"].reshape(n, depth, *out["size"].shape[1:]),
             "offset": out["offset"].reshape(n, depth, *out["offset"].shape[1:]),
             "seg": out["seg"].reshape(n, depth, *out["seg"].shape[1:]),
-            "memory": self._memory(top_tokens, vol_feats, probs),
+            "memory": self._memory(top_tokens, vol_feats, probs, where),
             "mem_tokens": top_tokens,
             "mem_feats": vol_feats,
+            "mem_where": where,
             "embedding": (rel[..., None] * slice_emb).sum(1),
         }
         return res

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ class TrainConfig:
     """The recipe of the shipped bundle (defaults) — ``dicom-agent model train`` overrides steps/seed/sizes."""
 
     seed: int = 0
-    steps1: int = 2400
+    steps1: int = 2200
     steps2: int = 600
     n_cxr: int = 2000
     n_ct: int = 300
@@ -51,7 +52,7 @@ class TrainConfig:
     n_val: int = 60  # per kind, for thresholds
     batch_2d: int = 8
     batch_3d: int = 2
-    caption_every: int = 8  # stage-1 report captioning on every 8th step (compute budget); 0 = never
+    caption_every: int = 16  # stage-1 report captioning on every 16th step (compute budget); 0 = never
     batch_text: int = 64
     report_share: float = 0.15  # stage-2 steps on narrative reports (VQA the rest); the text of record is rendered
     lr1: float = 2e-3
@@ -63,6 +64,9 @@ class TrainConfig:
     threads: int = 2
     log_every: int = 25
     net: dict[str, int] = field(default_factory=dict)  # NetConfig overrides (tests use a smaller network)
+    # share of stage-1 steps per kind (renormalised over the kinds present); radiographs have six labels and
+    # the subtlest ones (pneumothorax), so they get the most steps
+    kind_share: dict[str, float] = field(default_factory=lambda: {"cxr": 0.42, "ct": 0.33, "pet": 0.25})
 
 
 def available_kinds() -> list[str]:
@@ -177,6 +181,20 @@ def clip_loss(model: UnifiedModel, img_emb: torch.Tensor, txt_ids: torch.Tensor,
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+def kind_schedule(kinds: Sequence[str], share: dict[str, float], steps: int) -> list[str]:
+    """Deterministic interleaving of kinds with the given shares (each step goes to the kind furthest behind)."""
+    raw = {k: max(share.get(k, 0.0), 0.0) for k in kinds}
+    total = sum(raw.values())
+    weights = {k: raw[k] / total for k in kinds} if total > 0 else dict.fromkeys(kinds, 1.0 / len(kinds))
+    done = dict.fromkeys(kinds, 0)
+    out = []
+    for step in range(steps):
+        kind = max(kinds, key=lambda k: weights[k] * (step + 1) - done[k])
+        done[kind] += 1
+        out.append(kind)
+    return out
+
+
 def lr_at(step: int, total: int, base: float, warmup: int = 40) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -187,15 +205,16 @@ def lr_at(step: int, total: int, base: float, warmup: int = 40) -> float:
 def stage1(
     model: UnifiedModel, pools: dict[str, list[Sample]], tok: Tokenizer, cfg: TrainConfig, rng: np.random.Generator
 ) -> list[dict[str, Any]]:
-    """Alignment + heads: all parameters train; round-robin over the kinds (volumes learn slowest)."""
+    """Alignment + heads: all parameters train; the kinds interleave by ``cfg.kind_share``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr1, weight_decay=0.01)
     kinds = [k for k in ("cxr", "ct", "pet") if k in pools]
+    schedule = kind_schedule(kinds, cfg.kind_share, cfg.steps1)
     pad = token_id(tok, PAD)
     history = []
     model.train()
     t0 = time.time()
     for step in range(cfg.steps1):
-        kind = kinds[step % len(kinds)]
+        kind = schedule[step]
         pool = pools[kind]
         n = cfg.batch_2d if kind == "cxr" else cfg.batch_3d
         batch_samples = [pool[int(i)] for i in rng.choice(len(pool), n, replace=len(pool) < n)]
@@ -233,8 +252,8 @@ def stage1(
             "kind": kind,
             "loss": float(loss.detach()),
             "grad_norm": float(gnorm),
-            "lm": float(lm),
-            "align": float(align),
+            "lm": float(lm.detach()),
+            "align": float(align.detach()),
             **parts,
         }
         history.append(rec)
@@ -251,9 +270,10 @@ def stage1(
 
 @torch.no_grad()
 def vision_features(model: UnifiedModel, samples: list[Sample], batch: int = 32) -> dict[str, torch.Tensor]:
-    """Frozen-encoder inputs of the decoder memory for every sample: tokens, label features, probabilities."""
+    """Frozen-encoder inputs of the decoder memory for every sample: tokens, label features, probabilities and
+    label attention centroids."""
     model.eval()
-    toks, feats, probs = [], [], []
+    toks, feats, probs, where = [], [], [], []
     kind = samples[0].kind
     step = batch if kind == "cxr" else max(1, batch // 8)
     for i in range(0, len(samples), step):
@@ -262,7 +282,8 @@ def vision_features(model: UnifiedModel, samples: list[Sample], batch: int = 32)
         toks.append(o["mem_tokens"].half())
         feats.append(o["mem_feats"].half())
         probs.append(torch.sigmoid(o["logits"]))
-    return {"tokens": torch.cat(toks), "feats": torch.cat(feats), "probs": torch.cat(probs)}
+        where.append(o["mem_where"])
+    return {"tokens": torch.cat(toks), "feats": torch.cat(feats), "probs": torch.cat(probs), "where": torch.cat(where)}
 
 
 def stage2(
@@ -302,7 +323,8 @@ def stage2(
         tokens = torch.stack([feats[k]["tokens"][i] for k, i in picks]).float()
         lf = torch.stack([feats[k]["feats"][i] for k, i in picks]).float()
         pr = torch.stack([feats[k]["probs"][i] for k, i in picks]).float()
-        memory = model._memory(tokens, lf, pr)
+        wh = torch.stack([feats[k]["where"][i] for k, i in picks]).float()
+        memory = model._memory(tokens, lf, pr, wh)
         logits = model.text_logits(inp, memory)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
         for g in opt.param_groups:

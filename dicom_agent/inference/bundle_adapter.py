@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import flag_disagreements
-from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, cxr_location
+from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
 from dicom_agent.inference.render import render
@@ -300,7 +300,7 @@ class BundleAdapter:
     # ---- volumes -------------------------------------------------------------------------------------------
     def _findings_3d(self, kind: str, volume: Volume, result: Any) -> list[Finding]:
         out: list[Finding] = []
-        lungs = LungMap.from_hu(volume.values) if kind == "ct" else None
+        sites = _site_map(kind, volume)
         for key in result.present:
             spec = self.vocabulary.labels.get(key)
             if spec is None:
@@ -310,7 +310,7 @@ class BundleAdapter:
             components = _components(label_mask) if label_mask is not None else []
             if spec.focal and components:
                 for component in components[:MAX_LESIONS_PER_LABEL]:
-                    out.append(self._lesion_3d(spec, probability, volume, component, result, lungs))
+                    out.append(self._lesion_3d(spec, probability, volume, component, result, sites))
             elif spec.focal:
                 out.append(self._box_only_3d(spec, probability, volume, result))
             elif components:
@@ -326,7 +326,7 @@ class BundleAdapter:
         volume: Volume,
         component: np.ndarray,
         result: Any,
-        lungs: LungMap | None,
+        sites: LungMap | PetOrganMap | None,
     ) -> Finding:
         source = volume.mask_to_source(component)
         sx, sy, _ = volume.source_spacing
@@ -338,7 +338,7 @@ class BundleAdapter:
             return self._box_only_3d(spec, probability, volume, result)
         size = max(max((b.x1 - b.x0) * sx, (b.y1 - b.y0) * sy) for b in boxes)
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
-        location, side = lungs.location(z, y, x) if lungs is not None else (None, _side(volume, x))
+        location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
         return self._finding(
             spec,
             probability,
@@ -448,6 +448,16 @@ def _component_score(component: np.ndarray, boxes: list[Any], label: str, defaul
         if inside and component[z, cy, cx]:
             best = max(best or 0.0, float(b.score))
     return best if best is not None else default
+
+
+def _site_map(kind: str, volume: Volume) -> LungMap | PetOrganMap | None:
+    """Where lesions lie: lungs (lobes) on CT; lungs, mediastinum and liver on PET in SUV (uptake rules)."""
+    if kind == "ct":
+        return LungMap.from_hu(volume.values)
+    if kind == "pet" and volume.unit == "SUV":  # the organ rules are SUV thresholds
+        sx, sy, sz = volume.model_spacing
+        return PetOrganMap.from_suv(volume.values, (sz, sy, sx))
+    return None
 
 
 def _side(volume: Volume, x: float) -> str:

@@ -221,12 +221,30 @@ def model_grid(oriented: sitk.Image, grid: VolumeGrid) -> sitk.Image:
 def load_volume(files: Sequence[Path], grid: VolumeGrid, study_uid: str | None = None) -> Volume:
     """Reads, orders, reorients (LPS) and resamples a CT/PET series onto the model grid (linear interpolation)."""
     source, refs, unit, flags = read_series(files, study_uid)
+    return to_model_grid(source, grid, unit, refs, flags)
+
+
+def to_model_grid(
+    source: sitk.Image,
+    grid: VolumeGrid,
+    unit: str,
+    slices: list[ImageRef] | None = None,
+    flags: list[str] | None = None,
+) -> Volume:
+    """A decoded source stack (as :func:`read_series` returns it) reoriented (LPS) and resampled onto the grid."""
     oriented = sitk.DICOMOrient(source, "LPS")
     reference = model_grid(oriented, grid)
     fill = CT_AIR_HU if unit == "HU" else 0.0
     resampled = sitk.Resample(source, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
     values = sitk.GetArrayFromImage(resampled).astype(np.float32)
-    return Volume(values=values, unit=unit, slices=refs, source=source, model=resampled, flags=flags)
+    return Volume(
+        values=values,
+        unit=unit,
+        slices=slices if slices is not None else [],
+        source=source,
+        model=resampled,
+        flags=flags if flags is not None else [],
+    )
 
 
 def window(values: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""Pieces of the network and the recipe that the metrics depend on but a smoke run would not catch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from models.network import Heads, NetConfig, UnifiedModel
+from models.train import kind_schedule
+
+TINY = NetConfig(n_labels=3, vocab_size=40, d=16, heads=2, enc_layers=1, dec_layers=1, max_len=16)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 100, 2600])
+def test_kind_schedule_keeps_every_prefix_within_one_step_of_its_share(steps: int) -> None:
+    share = {"cxr": 0.42, "ct": 0.33, "pet": 0.25}
+    schedule = kind_schedule(["cxr", "ct", "pet"], share, steps)
+    assert len(schedule) == steps
+    seen: Counter[str] = Counter()
+    for i, kind in enumerate(schedule, start=1):
+        seen[kind] += 1
+        for k, w in share.items():
+            assert abs(seen[k] - w * i) <= 1.0, (i, k, seen)
+
+
+def test_kind_schedule_renormalises_over_the_kinds_present() -> None:
+    assert kind_schedule(["cxr"], {"cxr": 0.42, "ct": 0.33}, 5) == ["cxr"] * 5
+    assert Counter(kind_schedule(["ct", "pet"], {}, 10)) == {"ct": 5, "pet": 5}  # no shares: even
+    assert Counter(kind_schedule(["ct", "pet"], {"ct": 3.0, "pet": 1.0}, 8)) == {"ct": 6, "pet": 2}
+
+
+def _peaked_heads(cfg: NetConfig, label: int) -> Heads:
+    """Heads whose label ``label`` scores only feature 0: attention goes to the token that carries it."""
+    heads = Heads(cfg)
+    with torch.no_grad():
+        heads.label_out.zero_()
+        heads.label_queries.zero_()
+        heads.label_out[label, 0] = 50.0
+    return heads
+
+
+def test_label_attention_centroid_is_x_then_y_of_the_evidence() -> None:
+    cfg = TINY
+    heads = _peaked_heads(cfg, label=1)
+    h = w = 16
+    tokens = torch.zeros(1, h * w, cfg.d)
+    row, col = 3, 12  # upper part of the image, patient's left (image right)
+    tokens[0, row * w + col, 0] = 1.0
+    grid = tokens.transpose(1, 2).reshape(1, cfg.d, h, w)
+    f1, f2 = torch.zeros(1, 32, 64, 64), torch.zeros(1, 64, 32, 32)
+    where = heads(tokens, grid, f1, f2)["where"][0, 1]
+    assert where.tolist() == pytest.approx([(col + 0.5) / w, (row + 0.5) / h], abs=1e-3)
+
+
+def test_memory_label_tokens_carry_presence_and_where() -> None:
+    torch.manual_seed(0)
+    model = UnifiedModel(TINY).eval()
+    tokens, feats = torch.randn(1, 4, TINY.d), torch.randn(1, TINY.n_labels, TINY.d)
+    where = torch.full((1, TINY.n_labels, 3), 0.5)
+    base = model._memory(tokens, feats, torch.zeros(1, TINY.n_labels), where)
+    present = model._memory(tokens, feats, torch.tensor([[0.0, 1.0, 0.0]]), where)
+    moved = model._memory(tokens, feats, torch.zeros(1, TINY.n_labels), where + torch.tensor([0.3, 0.0, 0.0]))
+    changed = (present - base).abs().sum(-1)[0]
+    assert changed[:4].max() == 0 and changed[4 + 1] > 1.0 and changed[4] == 0 and changed[4 + 2] == 0
+    assert (moved - base)[0, 4:].abs().sum() > 0 and (moved - base)[0, :4].abs().sum() == 0
+
+
+def test_where_stays_in_the_unit_cube_and_radiographs_sit_mid_slice() -> None:
+    torch.manual_seed(0)
+    model = UnifiedModel(TINY).eval()
+    volume = torch.zeros(1, 32, 64, 64)
+    out = model.forward_3d(volume, torch.tensor([1]))
+    assert out["mem_where"].shape == (1, TINY.n_labels, 3)
+    assert ((out["mem_where"] >= 0) & (out["mem_where"] <= 1)).all()
+    out2 = model.forward_2d(torch.zeros(2, 1, 128, 128), torch.zeros(2, dtype=torch.long))
+    assert torch.all(out2["mem_where"][..., 2] == 0.5)  # radiographs have no slice axis
