@@ -314,7 +314,7 @@ def vqa_metrics(
     }
 
 
-def _place(label: str, location: str | None, laterality: str | None, focal: bool) -> str | None:
+def _place(location: str | None, laterality: str | None, focal: bool) -> str | None:
     """What "finding + location" compares: the location key of a focal finding, the side of a non-focal one."""
     return location if focal else laterality
 
@@ -349,16 +349,13 @@ def report_metrics(bundle: Path, kind: str, cases: int, seed: int, workdir: Path
         result = adapter.predict(study)
         shutil.rmtree(folder, ignore_errors=True)
         truth_f = {les.label for les in case.lesions}
-        truth_fl = {
-            (les.label, _place(les.label, les.location, les.laterality, LABELS[les.label].focal))
-            for les in case.lesions
-        }
+        truth_fl = {(les.label, _place(les.location, les.laterality, LABELS[les.label].focal)) for les in case.lesions}
         parsed = {}
         for lang in ("en", "zh"):
             found = [f for f in parse(result.impression[lang], lang, vocab) if not f.negated]
             got_f = {f.label for f in found}
             got_fl = {
-                (f.label, _place(f.label, f.location, f.laterality, vocab.labels[f.label].focal))
+                (f.label, _place(f.location, f.laterality, vocab.labels[f.label].focal))
                 for f in found
                 if f.label in vocab.labels
             }

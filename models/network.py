@@ -164,8 +164,9 @@ class Heads(nn.Module):
         self.seg_gain = nn.Parameter(torch.zeros(n))  # starts decoupled; learns how much the masks tell
         # whole-image evidence (effusion, pneumothorax, cardiomegaly are shapes and sizes, not spots): mean- and
         # max-pooled tokens through an MLP; its logit adds to the attention-pooled one
-        pooled = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, n))
-        self.global_cls = pooled if cfg.global_head else None
+        self.global_cls: nn.Module | None = None
+        if cfg.global_head:
+            self.global_cls = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, n))
         self.det = nn.Sequential(nn.Conv2d(d, d, 1), nn.GELU(), nn.Conv2d(d, n + 4, 1))  # tokens already see context
         self.reduce = nn.Conv2d(d, 32, 1)  # keep the upsampling path cheap: it dominated the FLOPs
         self.up1 = _conv(32 + 64, 32, 1)
