@@ -127,7 +127,10 @@ def ort_vs_torch(bundle: Path, checkpoint: Path | None, kind: str, threads: int,
     from dicom_agent.inference.onnx_runner import DecoderFeatures
 
     feats = DecoderFeatures(out["cross_k"][:, :1], out["cross_v"][:, :1])
-    prompt = runner.prompt_ids("report", "en")
+    # a typical prompt: the findings text of two findings (bundles trained with it), then the instruction
+    prompt = runner.prompt_ids(
+        "report", "en", None, "Nodule in the right upper lobe, measuring 12 mm. Left pleural effusion."
+    )
     ort_dec = median_s(lambda: runner.generate_ids(feats, prompt, max_tokens=32), repeat)
     res: dict[str, Any] = {"ort_encoder_s": ort_enc, "ort_decode32_s": ort_dec}
     if checkpoint is None or not checkpoint.is_file():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.dataset import LABEL_INDEX, Sample, collate, make_samples
+from models.dataset import Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_mask
 from models.network import UnifiedModel
 
@@ -183,7 +183,6 @@ def run_bundle(runner: Any, samples: list[Sample], images: np.ndarray | None = N
                         "probs": o["probs"][j],
                         "dets": [(b.score, -1, b.label, (b.x0, b.y0, b.x1, b.y1)) for b in dets],
                         "seg": o["seg"][j] >= 0.5,
-                        "cross": (o["cross_k"][:, j : j + 1], o["cross_v"][:, j : j + 1]),
                     }
                 )
     else:
@@ -205,7 +204,6 @@ def run_bundle(runner: Any, samples: list[Sample], images: np.ndarray | None = N
                     "seg": np.moveaxis(o["seg"][0], 1, 0) >= 0.5,  # (L,D,s,s)
                     "relevance": o["relevance"][0],
                     "top": o["top_slices"][0],
-                    "cross": (o["cross_k"], o["cross_v"]),
                 }
             )
     return outs
@@ -275,43 +273,39 @@ def _norm_answer(text: str) -> str:
     return text.strip().strip("。.").strip().lower()
 
 
-def vqa_metrics(
-    runner: Any, samples: list[Sample], outs: list[dict[str, Any]], thresholds: dict[str, float]
-) -> dict[str, Any]:
-    """Exact match per language and per question kind; decoder vs heads disagreement on presence questions."""
-    from dicom_agent.inference.onnx_runner import DecoderFeatures
+class _VqaTally:
+    """Exact match per language and question kind, the answer prior, decoder vs heads on presence questions."""
 
-    correct: dict[str, list[int]] = defaultdict(list)
-    by_kind: dict[str, list[int]] = defaultdict(list)
-    disagree: list[int] = []
-    answers_seen: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
-    records = []
-    for s, o in zip(samples, outs, strict=True):
-        feats = DecoderFeatures(*o["cross"])
-        for lang, q, a, qkind in s.qa:
-            got = runner.generate(feats, "vqa", lang, q, max_tokens=16)
-            ok = int(_norm_answer(got) == _norm_answer(a))
-            correct[lang].append(ok)
-            by_kind[qkind].append(ok)
-            family = (lang, qkind, _label_in_question(q) or "")
-            answers_seen[family][_norm_answer(a)] += 1
-            records.append((family, _norm_answer(a)))
-            if qkind == "presence":
-                key = _label_in_question(q)
-                if key is not None:
-                    heads_yes = float(o["probs"][LABEL_INDEX[key]]) >= thresholds.get(key, 0.5)
-                    dec = _norm_answer(got)
-                    if dec in YES or dec in NO:
-                        disagree.append(int((dec in YES) != heads_yes))
-    # prior: always give the most frequent answer of the question's family (language, kind, finding)
-    prior = [int(ans == answers_seen[fam].most_common(1)[0][0]) for fam, ans in records]
-    return {
-        "exact_match": {lang: float(np.mean(v)) for lang, v in correct.items()},
-        "by_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
-        "questions": len(records),
-        "prior": float(np.mean(prior)) if prior else None,
-        "decoder_heads_disagreement": float(np.mean(disagree)) if disagree else None,
-    }
+    def __init__(self) -> None:
+        self.correct: dict[str, list[int]] = defaultdict(list)
+        self.by_kind: dict[str, list[int]] = defaultdict(list)
+        self.disagree: list[int] = []
+        self.answers_seen: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+        self.records: list[tuple[tuple[str, str, str], str]] = []
+
+    def add(self, qa: tuple[str, str, str, str], got: str, heads_present: set[str]) -> None:
+        lang, q, a, qkind = qa
+        ok = int(_norm_answer(got) == _norm_answer(a))
+        self.correct[lang].append(ok)
+        self.by_kind[qkind].append(ok)
+        family = (lang, qkind, _label_in_question(q) or "")
+        self.answers_seen[family][_norm_answer(a)] += 1
+        self.records.append((family, _norm_answer(a)))
+        key = _label_in_question(q)
+        dec = _norm_answer(got)
+        if qkind == "presence" and key is not None and (dec in YES or dec in NO):
+            self.disagree.append(int((dec in YES) != (key in heads_present)))
+
+    def summary(self) -> dict[str, Any]:
+        # prior: always give the most frequent answer of the question's family (language, kind, finding)
+        prior = [int(ans == self.answers_seen[fam].most_common(1)[0][0]) for fam, ans in self.records]
+        return {
+            "exact_match": {lang: float(np.mean(v)) for lang, v in self.correct.items()},
+            "by_kind": {k: float(np.mean(v)) for k, v in sorted(self.by_kind.items())},
+            "questions": len(self.records),
+            "prior": float(np.mean(prior)) if prior else None,
+            "decoder_heads_disagreement": float(np.mean(self.disagree)) if self.disagree else None,
+        }
 
 
 def _place(location: str | None, laterality: str | None, focal: bool) -> str | None:
@@ -319,12 +313,20 @@ def _place(location: str | None, laterality: str | None, focal: bool) -> str | N
     return location if focal else laterality
 
 
-def report_metrics(bundle: Path, kind: str, cases: int, seed: int, workdir: Path) -> dict[str, Any]:
-    """Rendered report text of record, end to end: phantoms written as DICOM, ``BundleAdapter.predict`` (the
-    runtime's preprocessing, heads, map-back and bilingual renderer), the EN and ZH impressions parsed back with
-    the per-language lexicons and compared with the ground truth: finding F1 (labels) and finding + location F1
-    ((label, place) pairs; place = location key of focal findings, side of non-focal ones), micro-averaged over
-    cases, per language; EN/ZH consistency = share of cases where parse(EN) == parse(ZH)."""
+def runtime_metrics(
+    bundle: Path, kind: str, seed: int, workdir: Path, report_cases: int, vqa_cases: int, controls: bool = True
+) -> dict[str, Any]:
+    """What a user gets from the node, end to end: phantoms written as DICOM and run through
+    :class:`~dicom_agent.inference.bundle_adapter.BundleAdapter` (the runtime's preprocessing, heads, map-back,
+    bilingual renderer and decoder).
+
+    ``report``: the EN and ZH impressions parsed back with the per-language lexicons and compared with the
+    ground truth — finding F1 (labels) and finding + location F1 ((label, place) pairs; place = location key
+    of focal findings, side of non-focal ones), micro-averaged over cases, per language; EN/ZH consistency =
+    share of cases where parse(EN) == parse(ZH).
+    ``vqa``: every question of the first ``vqa_cases`` cases asked through ``BundleAdapter.answer`` (the
+    decoder's prompt carries the findings when the bundle takes them); controls: the same questions about a
+    blank image (the model input replaced by zeros, findings and all) and about the previous case's image."""
     import shutil
 
     from dicom_agent.inference.bundle_adapter import BundleAdapter
@@ -338,7 +340,9 @@ def report_metrics(bundle: Path, kind: str, cases: int, seed: int, workdir: Path
     vocab = adapter.vocabulary
     counts = {lang: {"f": [0, 0, 0], "fl": [0, 0, 0]} for lang in ("en", "zh")}  # tp, fp, fn
     consistent = 0
-    for i in range(cases):
+    tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
+    previous = None
+    for i in range(max(report_cases, vqa_cases)):
         case = make_case(kind, seed + i)
         folder = workdir / f"{kind}{i}"
         written = write_case(case, folder)
@@ -346,8 +350,23 @@ def report_metrics(bundle: Path, kind: str, cases: int, seed: int, workdir: Path
         study = StudyInput(
             written.study_instance_uid, [SeriesInput(written.series_instance_uid, modality, written.files)]
         )
-        result = adapter.predict(study)
+        analysis = adapter.analyse(study)
+        if i < vqa_cases:
+            qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
+            runs = [("vqa", analysis)]
+            if controls:
+                runs.append(("blank", adapter.analyse(study, replace_pixels=np.zeros_like)))
+                if previous is not None:
+                    runs.append(("shuffled", previous))
+            for name, used in runs:
+                present = {f.label for f in used.inputs[0].findings} if used.inputs else set()
+                for item in qa:
+                    tallies[name].add(item, adapter.answer(used, item[1], item[0]), present)
+            previous = analysis
         shutil.rmtree(folder, ignore_errors=True)
+        if i >= report_cases:
+            continue
+        result = analysis.result
         truth_f = {les.label for les in case.lesions}
         truth_fl = {(les.label, _place(les.location, les.laterality, LABELS[les.label].focal)) for les in case.lesions}
         parsed = {}
@@ -370,12 +389,20 @@ def report_metrics(bundle: Path, kind: str, cases: int, seed: int, workdir: Path
     def f1(c: list[int]) -> float:
         return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
 
-    return {
-        "n": cases,
-        "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
-        "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
-        "consistency": consistent / max(1, cases),
-    }
+    out: dict[str, Any] = {}
+    if report_cases:
+        out["report"] = {
+            "n": report_cases,
+            "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
+            "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
+            "consistency": consistent / report_cases,
+        }
+    if vqa_cases:
+        out["vqa"] = tallies["vqa"].summary() | {"cases": vqa_cases}
+        if controls:
+            out["control_blank"] = {"vqa": tallies["blank"].summary()}
+            out["control_shuffled"] = {"vqa": tallies["shuffled"].summary()}
+    return out
 
 
 _NAMES: dict[str, str] | None = None
@@ -417,20 +444,6 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
         samples = make_samples(kind, cfg.cases, cfg.seed)
         outs = run_bundle(runner, samples)
         m: dict[str, Any] = {"held_out": structured_metrics(samples, outs, thresholds)}
-        nv = min(cfg.vqa_cases, len(samples))
-        if nv:
-            m["vqa"] = vqa_metrics(runner, samples[:nv], outs[:nv], thresholds)
-            # controls: a blank image, and each case's questions asked of another case's image
-            blank = np.zeros_like(np.stack([s.image.astype(np.float32) for s in samples[:nv]]))
-            m["control_blank"] = {
-                "vqa": vqa_metrics(runner, samples[:nv], run_bundle(runner, samples[:nv], blank), thresholds)
-            }
-            perm = np.roll(np.arange(nv), 1)
-            shuffled = [outs[int(j)] for j in perm]
-            m["control_shuffled"] = {
-                "vqa": vqa_metrics(runner, samples[:nv], shuffled, thresholds),
-                "auroc": structured_metrics(samples[:nv], shuffled, thresholds)["auroc"],
-            }
         if cfg.oor_cases:
             oor = make_samples(kind, cfg.oor_cases, cfg.seed, out_of_range=True)
             m["out_of_range"] = structured_metrics(oor, run_bundle(runner, oor), thresholds)
@@ -440,11 +453,11 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
             for name in ("noise", "blur", "contrast"):
                 imgs = np.stack([corrupt(x, name, rng) for x in base])
                 m["corruptions"][name] = structured_metrics(samples, run_bundle(runner, samples, imgs), thresholds)
-        if cfg.report_cases:
+        if cfg.report_cases or cfg.vqa_cases:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                m["report"] = report_metrics(bundle, kind, cfg.report_cases, cfg.seed, Path(tmp))
+                m |= runtime_metrics(bundle, kind, cfg.seed, Path(tmp), cfg.report_cases, cfg.vqa_cases)
         m["seconds"] = round(time.time() - t0, 1)
         result["modalities"][kind] = m
         log.info("eval %s done in %.0fs", kind, m["seconds"])

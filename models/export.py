@@ -314,7 +314,7 @@ def write_bundle(
         "graphs": outputs_spec(model.cfg),
         "labels": labels,
         "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
-        "prompts": inference_templates(),
+        "prompts": inference_templates(bool(ckpt.get("training", {}).get("recipe", {}).get("context", False))),
         "decoding": {"box_min_score": 0.3, "mask_threshold": 0.5, "greedy": True},
         "training": ckpt.get("training", {}),
         "metrics": metrics if metrics is not None else ckpt.get("metrics", {}),

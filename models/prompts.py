@@ -34,12 +34,30 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
 }
 
 
+# The structured findings go in front of the instruction as text (VILA-M3 pattern, "structured first"): the
+# decoder then answers from the heads' findings instead of re-deriving them from pixels. The text is the
+# runtime's deterministic rendering of the findings (``dicom_agent.inference.render.impression``).
+CONTEXT: dict[str, str] = {
+    "en": "Findings: {findings} {instruction}",
+    "zh": "所见：{findings}{instruction}",
+}
+
+
 def instruction(task: str, lang: str, question: str | None = None, variant: int = 0) -> str:
     """The instruction text of ``task`` in ``lang`` (variant 0 is the one used at inference)."""
     options = TEMPLATES[task][lang]
     return options[variant % len(options)].format(question=question or "")
 
 
-def inference_templates() -> dict[str, dict[str, str]]:
-    """The templates the runtime formats (``{question}`` placeholder for VQA)."""
-    return {task: {lang: opts[0] for lang, opts in by_lang.items()} for task, by_lang in TEMPLATES.items()}
+def with_context(text: str, lang: str, findings: str | None) -> str:
+    """The instruction preceded by the findings text (unchanged when there is none)."""
+    return text if findings is None else CONTEXT[lang].format(findings=findings, instruction=text)
+
+
+def inference_templates(context: bool = False) -> dict[str, dict[str, str]]:
+    """The templates the runtime formats (``{question}`` placeholder for VQA); ``context`` (for a decoder trained
+    with the findings text) wraps an instruction with ``{findings}``."""
+    out = {task: {lang: opts[0] for lang, opts in by_lang.items()} for task, by_lang in TEMPLATES.items()}
+    if context:
+        out["context"] = dict(CONTEXT)
+    return out

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from models.context import findings_of, findings_text
 from models.dataset import Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
 from models.network import NetConfig, UnifiedModel, count_parameters
-from models.prompts import TEMPLATES, instruction
+from models.prompts import TEMPLATES, instruction, with_context
 from models.tokenizer import EOS, PAD, prompt_ids, token_id, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 TRAIN_SEED = 1_000
 VAL_SEED = 500_000  # thresholds are chosen here; evaluation uses its own held-out seed (models.evaluate)
 SEG_POS_WEIGHT = 3.0  # segmentation BCE: positives weighted up (10 pushed high-prior regions over 0.5 everywhere)
+# English answers after a findings text start with a space so that their words are the same byte-level BPE
+# tokens as mid-sentence in that text ("Ġright Ġmiddle Ġlobe", "Ġ44 Ġmm"): an answer copied from it is a plain copy
+ANSWER_PREFIX = {"en": " ", "zh": ""}
 CLS_WEIGHT = 5.0  # finding logits learn slowest: the dense heads dominate the shared encoder's gradient
 
 
@@ -55,6 +59,12 @@ class TrainConfig:
     caption_every: int = 16  # stage-1 report captioning on every 16th step (compute budget); 0 = never
     batch_text: int = 64
     report_share: float = 0.15  # stage-2 steps on narrative reports (VQA the rest); the text of record is rendered
+    # stage-2 prompts start with the findings text (ground truth rendered like the runtime renders the heads);
+    # each finding's side/location and size are dropped with this probability (the runtime cannot always give
+    # them). Off in the shipped recipe: with it on (bundle 0.3.0 experiment, docs/model.md) answers bound to the
+    # heads, whose errors then cost more than the answer prior
+    context: bool = False
+    context_drop: float = 0.15
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
@@ -77,11 +87,16 @@ def available_kinds() -> list[str]:
 
 
 # ---- text --------------------------------------------------------------------------------------------------
-def corpus(samples: list[Sample]) -> list[str]:
+def corpus(samples: list[Sample], context: bool = False) -> list[str]:
+    """The tokenizer's training text: reports, questions and answers, templates (and findings texts)."""
     texts: list[str] = []
     for s in samples:
         texts += [s.report["en"], s.report["zh"]]
         texts += [t for qa in s.qa for t in (qa[1], qa[2])]
+        if context:
+            facts = findings_of(s.extra["lesions"])  # type: ignore[arg-type]
+            texts += [with_context("", lang, findings_text(facts, lang)) for lang in ("en", "zh")]
+            texts += [findings_text([], lang, q) for lang, q, _, _ in s.qa[:2]]  # "No <finding>." forms
     for by_lang in TEMPLATES.values():
         for opts in by_lang.values():
             texts += [o.format(question="") for o in opts]
@@ -89,11 +104,19 @@ def corpus(samples: list[Sample]) -> list[str]:
 
 
 def text_example(
-    tok: Tokenizer, task: str, lang: str, answer: str, question: str | None, variant: int
+    tok: Tokenizer,
+    task: str,
+    lang: str,
+    answer: str,
+    question: str | None,
+    variant: int,
+    findings: str | None = None,
 ) -> tuple[list[int], int]:
-    """Token ids of prompt + answer + <eos>, and the prompt length (loss only on what follows)."""
-    prompt = prompt_ids(tok, task, lang, instruction(task, lang, question, variant))
-    ans = tok.encode(answer, add_special_tokens=False).ids
+    """Token ids of prompt (findings text, if any, then the instruction) + answer + <eos>, and the prompt length
+    (loss only on what follows)."""
+    prompt = prompt_ids(tok, task, lang, with_context(instruction(task, lang, question, variant), lang, findings))
+    prefix = ANSWER_PREFIX[lang] if findings is not None else ""
+    ans = tok.encode(prefix + answer, add_special_tokens=False).ids
     return prompt + ans + [token_id(tok, EOS)], len(prompt)
 
 
@@ -313,12 +336,15 @@ def stage2(
         for kind, i in picks:
             s = pools[kind][i]
             variant = int(rng.integers(3))
+            facts = findings_of(s.extra["lesions"], rng, cfg.context_drop) if cfg.context else None  # type: ignore[arg-type]
             if reports or not s.qa:
                 lang = "en" if rng.random() < 0.5 else "zh"
-                ex.append(text_example(tok, "report", lang, s.report[lang], None, variant))
+                context = findings_text(facts, lang) if facts is not None else None
+                ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
             else:
                 lang, q, a, _ = s.qa[int(rng.integers(len(s.qa)))]
-                ex.append(text_example(tok, "vqa", lang, a, q, variant))
+                context = findings_text(facts, lang, q) if facts is not None else None
+                ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
         inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
         tokens = torch.stack([feats[k]["tokens"][i] for k, i in picks]).float()
         lf = torch.stack([feats[k]["feats"][i] for k, i in picks]).float()
@@ -333,9 +359,9 @@ def stage2(
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip2)
         opt.step()
-        history.append({"stage": 2, "step": step, "loss": float(loss), "grad_norm": float(gnorm)})
+        history.append({"stage": 2, "step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm)})
         if step % cfg.log_every == 0 or step == cfg.steps2 - 1:
-            log.info("stage2 %d/%d %.0fs loss %.4f", step, cfg.steps2, time.time() - t0, float(loss))
+            log.info("stage2 %d/%d %.0fs loss %.4f", step, cfg.steps2, time.time() - t0, float(loss.detach()))
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
@@ -386,7 +412,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> Path:
     val = {k: make_samples(k, cfg.n_val, VAL_SEED) for k in pools}
     t_data = time.time() - t0
     log.info("data: %s in %.0fs", {k: len(v) for k, v in pools.items()}, t_data)
-    tok = train_tokenizer(corpus([s for p in pools.values() for s in p]), cfg.vocab_size)
+    tok = train_tokenizer(corpus([s for p in pools.values() for s in p], cfg.context), cfg.vocab_size)
     tok.save(str(out_dir / "tokenizer.json"))
     net = NetConfig(**{"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), **cfg.net})
     model = UnifiedModel(net)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,9 @@ from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import flag_disagreements
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
+from dicom_agent.inference.parse import question_labels
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
-from dicom_agent.inference.render import render
+from dicom_agent.inference.render import context_text, render
 from dicom_agent.inference.series import select_series
 from dicom_agent.inference.types import Box, Finding, ImageRef, Mask, StudyFindings, StudyInput
 from dicom_agent.inference.vocabulary import LabelSpec
@@ -38,14 +39,23 @@ MAX_LESIONS_PER_LABEL = 5
 
 
 @dataclass
-class _Input:
+class ModelInput:
     """One model input of the study (a radiograph frame or a volume) with its features for the decoder."""
 
     kind: str  # "cxr" | "ct" | "pet"
     features: Any
     probabilities: dict[str, float]
+    findings: list[Finding]  # present findings from this input (the decoder's prompt context)
     radiograph: Radiograph | None = None
     volume: Volume | None = None
+
+
+@dataclass
+class Analysis:
+    """A study's result of record and its model inputs (the decoder answers questions about them)."""
+
+    result: StudyFindings
+    inputs: list[ModelInput]
 
 
 class _Timer:
@@ -110,6 +120,18 @@ class BundleAdapter:
 
     # ---- predict -------------------------------------------------------------------------------------------
     def predict(self, study: StudyInput) -> StudyFindings:
+        return self.analyse(study, narrative=self.narrative).result
+
+    def analyse(
+        self,
+        study: StudyInput,
+        narrative: bool = False,
+        replace_pixels: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Analysis:
+        """The study's findings and, per model input, what the decoder needs to answer about it.
+
+        ``replace_pixels`` swaps the model input (after preprocessing) for an evaluation control such as a
+        blank image; the node never sets it."""
         timer = _Timer()
         start = time.perf_counter()
         selection = select_series(study)
@@ -117,8 +139,9 @@ class BundleAdapter:
             raise PermanentInferenceError(
                 f"no radiograph, CT or PET series in study (modalities: {', '.join(selection.ignored) or 'none'})"
             )
+        swap = replace_pixels or (lambda x: x)
         findings: list[Finding] = []
-        inputs: list[_Input] = []
+        inputs: list[ModelInput] = []
         flags = [f"ignored_modality:{m}" for m in selection.ignored]
         for series in selection.radiographs:
             with timer.stage("preprocess_s"):
@@ -126,47 +149,58 @@ class BundleAdapter:
             if not radiographs:
                 continue
             with timer.stage("heads_s"):
-                results = self.runner.run_2d(np.stack([self._normalize_cxr(r) for r in radiographs]))
+                results = self.runner.run_2d(swap(np.stack([self._normalize_cxr(r) for r in radiographs])))
             with timer.stage("map_back_s"):
                 for radiograph, result in zip(radiographs, results, strict=True):
-                    findings.extend(self._findings_2d(radiograph, result))
-                    inputs.append(_Input("cxr", result.features, result.probabilities, radiograph=radiograph))
+                    mine = self._findings_2d(radiograph, result)
+                    findings.extend(mine)
+                    inputs.append(ModelInput("cxr", result.features, result.probabilities, mine, radiograph=radiograph))
                     flags.extend(f for f in radiograph.flags if f not in flags)
         for kind, series in selection.volumes.items():
             with timer.stage("preprocess_s"):
                 volume = load_volume(series.files, self.grids[kind], study.study_instance_uid)
-                model_input = window(volume.values, *self.windows[kind])
+                model_input = swap(window(volume.values, *self.windows[kind]))
             flags.extend(f for f in volume.flags if f not in flags)
             with timer.stage("heads_s"):
                 result3d = self.runner.run_3d(model_input, kind)
             with timer.stage("map_back_s"):
-                findings.extend(self._findings_3d(kind, volume, result3d))
-            inputs.append(_Input(kind, result3d.features, result3d.probabilities, volume=volume))
+                mine = self._findings_3d(kind, volume, result3d)
+                findings.extend(mine)
+            inputs.append(ModelInput(kind, result3d.features, result3d.probabilities, mine, volume=volume))
         findings.extend(self._absent(findings, inputs))
         with timer.stage("render_s"):
             impression = render(findings, self.languages, self.vocabulary)
-        narrative: dict[str, str] = {}
-        if self.narrative and inputs:
+        texts: dict[str, str] = {}
+        if narrative and inputs:
             with timer.stage("narrative_s"):
                 for lang in self.languages:
-                    texts = [self.runner.generate(i.features, "report", lang) for i in inputs]
-                    narrative[lang] = (" " if lang == "en" else "").join(t.strip() for t in texts if t.strip())
-                    flags.extend(flag_disagreements(findings, narrative[lang], lang, self.vocabulary))
+                    parts = [self._generate(i, "report", lang) for i in inputs]
+                    texts[lang] = (" " if lang == "en" else "").join(t.strip() for t in parts if t.strip())
+                    flags.extend(flag_disagreements(findings, texts[lang], lang, self.vocabulary))
         timer.timings["total_s"] = time.perf_counter() - start
-        return StudyFindings(
+        study_findings = StudyFindings(
             study_instance_uid=study.study_instance_uid,
             model=self.bundle.identity,
             findings=findings,
             impression=impression,
-            narrative=narrative,
+            narrative=texts,
             key_images=_key_images(findings),
             series_uids=selection.series_uids,
             flags=flags,
             timings=timer.timings,
             extra={"providers": self.providers, "probabilities": _probabilities(findings)},
         )
+        return Analysis(study_findings, inputs)
 
-    def _absent(self, findings: list[Finding], inputs: list[_Input]) -> list[Finding]:
+    def _generate(self, item: ModelInput, task: str, lang: str, question: str | None = None) -> str:
+        """Decoder text about one input; the prompt carries that input's findings when the bundle takes them."""
+        findings = None
+        if self.runner.takes_findings:
+            about = question_labels(question, lang, self.vocabulary) if question else None
+            findings = context_text(item.findings, lang, self.vocabulary, about)
+        return str(self.runner.generate(item.features, task, lang, question, findings=findings)).strip()
+
+    def _absent(self, findings: list[Finding], inputs: list[ModelInput]) -> list[Finding]:
         """One absent finding (TID 1501 "Absent" with its probability) per label the study was examined for."""
         present = {f.label for f in findings if f.present}
         best: dict[str, float] = {}
@@ -187,20 +221,17 @@ class BundleAdapter:
 
     # ---- ask -----------------------------------------------------------------------------------------------
     def ask(self, study: StudyInput, question: str, lang: str = "en") -> str:
-        """VQA with the decoder on the study's first selected input (radiograph, else CT, else PET)."""
+        """VQA with the decoder on the study's first model input (radiograph, else CT, else PET), its prompt
+        carrying that input's findings (bundles trained so) — the answer binds to the result of record."""
+        return self.answer(self.analyse(study), question, lang)
+
+    def answer(self, analysis: Analysis, question: str, lang: str = "en") -> str:
+        """One question about an analysed study (analyse once, ask many)."""
         if lang not in ("en", "zh"):
             raise ValueError(f"unsupported language {lang!r}")
-        selection = select_series(study)
-        for series in selection.radiographs:
-            radiographs = [r for path in sorted(series.files) for r in self._radiographs(path, study)]
-            if radiographs:
-                (result,) = self.runner.run_2d(self._normalize_cxr(radiographs[0])[None])
-                return str(self.runner.generate(result.features, "vqa", lang, question)).strip()
-        for kind, series in selection.volumes.items():
-            volume = load_volume(series.files, self.grids[kind], study.study_instance_uid)
-            result3d = self.runner.run_3d(window(volume.values, *self.windows[kind]), kind)
-            return str(self.runner.generate(result3d.features, "vqa", lang, question)).strip()
-        raise PermanentInferenceError("no radiograph, CT or PET series in study to answer about")
+        if not analysis.inputs:
+            raise PermanentInferenceError("no radiograph, CT or PET image in study to answer about")
+        return self._generate(analysis.inputs[0], "vqa", lang, question)
 
     # ---- radiographs ---------------------------------------------------------------------------------------
     def _radiographs(self, path: Path, study: StudyInput) -> list[Radiograph]:

@@ -328,13 +328,22 @@ class BundleRunner:
         return dict(zip(names, sess.run(names, feeds), strict=True))
 
     # ---- decoder ------------------------------------------------------------------------------------------
-    def prompt_ids(self, task: str, lang: str, question: str | None = None) -> list[int]:
-        """``<bos> <task> <lang> instruction <sep>`` with the manifest's inference template."""
+    @property
+    def takes_findings(self) -> bool:
+        """Whether the bundle's decoder was trained with the findings text in its prompt (manifest ``context``)."""
+        return "context" in self.manifest["prompts"]
+
+    def prompt_ids(self, task: str, lang: str, question: str | None = None, findings: str | None = None) -> list[int]:
+        """``<bos> <task> <lang> [findings text] instruction <sep>`` with the manifest's inference templates;
+        ``findings`` is used only by bundles that take it."""
         if task not in ("report", "vqa") or lang not in ("en", "zh"):
             raise ValueError(f"unsupported task/lang {task}/{lang}")
         if task == "vqa" and not question:
             raise ValueError("vqa needs a question")
-        text = self.manifest["prompts"][task][lang].format(question=question or "")
+        prompts = self.manifest["prompts"]
+        text = prompts[task][lang].format(question=question or "")
+        if findings is not None and self.takes_findings:
+            text = prompts["context"][lang].format(findings=findings, instruction=text)
         sp = self._special
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         return [sp["<bos>"], sp[f"<{task}>"], sp[f"<{lang}>"], *ids, sp["<sep>"]]
@@ -386,10 +395,12 @@ class BundleRunner:
         lang: str,
         question: str | None = None,
         max_tokens: int = 96,
+        findings: str | None = None,
     ) -> str:
         """Text for one image/volume: ``task`` "report" (narrative) or "vqa" (needs ``question``), ``lang``
-        "en" or "zh". Greedy, deterministic."""
-        return self.decode(self.generate_ids(features, self.prompt_ids(task, lang, question), max_tokens))
+        "en" or "zh", ``findings`` the rendered findings text the answer should bind to. Greedy, deterministic."""
+        prompt = self.prompt_ids(task, lang, question, findings)
+        return self.decode(self.generate_ids(features, prompt, max_tokens))
 
 
 def _unicode_to_byte() -> dict[str, int]:

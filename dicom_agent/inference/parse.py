@@ -287,3 +287,8 @@ def yes_no(text: str, lang: str) -> bool | None:
     if re.match(r"(是|有|可见|见)", head):
         return True
     return None
+
+
+def question_labels(question: str, lang: str, vocabulary: Vocabulary) -> set[str]:
+    """The labels a question names ("Is there a pleural effusion?" -> {"pleural_effusion"})."""
+    return {f.label for f in parse(question, lang, vocabulary)}

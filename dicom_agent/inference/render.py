@@ -8,13 +8,15 @@ these sentences back, and a test checks parse(EN) == parse(ZH) == the structured
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import LATERALITY_EN, LATERALITY_ZH, Vocabulary
 
 NORMAL = {"en": "No abnormality detected.", "zh": "未见明显异常。"}
 LANGUAGES = ("en", "zh")
+ABSENT = {"en": "No {name}.", "zh": "未见{name}。"}  # a label a question names but the heads did not find
+CONTEXT_FINDINGS = 6  # findings in the decoder's prompt at most: it has 192 positions in all
 
 
 def format_mm(size_mm: float) -> str:
@@ -73,7 +75,11 @@ def ordered(findings: Iterable[Finding]) -> list[Finding]:
 
 def impression(findings: Iterable[Finding], lang: str, vocabulary: Vocabulary | None = None) -> str:
     """The impression: one sentence per present finding, or the normal-study sentence."""
-    present = ordered(findings)
+    return _sentences(ordered(findings), lang, vocabulary)
+
+
+def _sentences(present: list[Finding], lang: str, vocabulary: Vocabulary | None) -> str:
+    """The findings' sentences in the given order, or the normal-study sentence."""
     if not present:
         return NORMAL[lang]
     joiner = " " if lang == "en" else ""
@@ -88,3 +94,31 @@ def render(findings: list[Finding], languages: Iterable[str], vocabulary: Vocabu
             finding.text_en = sentence(finding, "en", vocabulary)
             finding.text_zh = sentence(finding, "zh", vocabulary)
     return {lang: impression(findings, lang, vocabulary) for lang in languages if lang in LANGUAGES}
+
+
+def context_text(
+    findings: Iterable[Finding],
+    lang: str,
+    vocabulary: Vocabulary | None = None,
+    about: Collection[str] | None = None,
+) -> str:
+    """The findings text a decoder prompt starts with (bundles whose manifest has a ``context`` template), so
+    answers bind to the heads' results: present findings, critical ones first, then grouped by label with the
+    largest first (the answer to "the largest nodule" is the first one named), at most ``CONTEXT_FINDINGS``.
+
+    ``about``: the labels a question names (:func:`dicom_agent.inference.parse.question_labels`); only their
+    findings are stated, or "No <finding>." for each when there are none — the decoder reads a short relevant
+    text instead of searching the whole impression (in a 400-step run it did not learn that search)."""
+    present = sorted(
+        (f for f in findings if f.present),
+        key=lambda f: (not f.critical, f.label, -(f.size_mm or 0.0), f.location or ""),
+    )
+    if about:
+        present = [f for f in present if f.label in about]
+        if not present and vocabulary is not None:
+            names = [vocabulary.labels[key] for key in sorted(about) if key in vocabulary.labels]
+            joiner = " " if lang == "en" else ""
+            return joiner.join(
+                ABSENT[lang].format(name=spec.name_en if lang == "en" else spec.name_zh) for spec in names
+            )
+    return _sentences(present[:CONTEXT_FINDINGS], lang, vocabulary)

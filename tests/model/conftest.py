@@ -13,12 +13,23 @@ SMALL_NET = {"d": 64, "heads": 4, "enc_layers": 1, "dec_layers": 2, "max_len": 9
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A step-budgeted smoke training (3 + 3 steps) of a small network on a handful of phantoms."""
+    """A step-budgeted smoke training (4 + 3 steps) of a small network on a handful of phantoms, with the
+    findings text in the stage-2 prompts (off in the shipped recipe) so that path is exported and checked."""
     from models.train import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(
-        steps1=4, steps2=3, n_cxr=12, n_ct=3, n_pet=3, n_val=3, batch_2d=6, batch_3d=2, batch_text=8, net=SMALL_NET
+        steps1=4,
+        steps2=3,
+        n_cxr=12,
+        n_ct=3,
+        n_pet=3,
+        n_val=3,
+        batch_2d=6,
+        batch_3d=2,
+        batch_text=8,
+        net=SMALL_NET,
+        context=True,
     )
     train(cfg, out)
     return out

@@ -10,10 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from dicom_agent.inference.onnx_runner import BundleRunner
 from models.export import load_checkpoint
+from models.prompts import inference_templates
 from models.tokenizer import prompt_ids
+from models.train import text_example
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "bundled"
 
@@ -95,6 +98,22 @@ def test_onnx_runtime_matches_torch_on_fresh_inputs(smoke_run: Path, smoke_bundl
                 memory = o["memory"][2:3]
             ort_ids = runner.generate_ids(feats, prompt, max_tokens=24)
             assert ort_ids == _torch_greedy(model, memory, prompt, eos, 24)
+
+
+def test_runtime_prompt_with_findings_is_the_training_prompt(smoke_bundle: Path) -> None:
+    """The decoder learns from prompts that start with the findings text; the runtime must build the very same
+    token sequence from the manifest's templates, else answers stop binding to the heads."""
+    runner = BundleRunner(smoke_bundle, device="cpu")
+    assert runner.takes_findings  # the smoke run trains with the findings text; a bundle trained without lacks it
+    assert "context" not in inference_templates(context=False)
+    tok = Tokenizer.from_file(str(smoke_bundle / "tokenizer.json"))
+    findings = {"en": "Nodule in the right upper lobe, measuring 12 mm.", "zh": "右肺上叶见结节，大小约12毫米。"}
+    for lang, question in (("en", "How large is the largest nodule?"), ("zh", "最大的结节有多大？")):
+        trained, plen = text_example(tok, "vqa", lang, "12 mm", question, 0, findings[lang])
+        assert runner.prompt_ids("vqa", lang, question, findings[lang]) == trained[:plen]
+        assert runner.prompt_ids("vqa", lang, question, findings[lang]) != runner.prompt_ids("vqa", lang, question)
+        trained, plen = text_example(tok, "report", lang, "x", None, 0, findings[lang])
+        assert runner.prompt_ids("report", lang, None, findings[lang]) == trained[:plen]
 
 
 def test_decoder_step_accepts_empty_past_and_batch(smoke_bundle: Path) -> None:

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from dicom_agent.dicom.codes import Code
-from dicom_agent.inference.parse import fact, facts, parse, yes_no
-from dicom_agent.inference.render import NORMAL, render
+from dicom_agent.inference.parse import fact, facts, parse, question_labels, yes_no
+from dicom_agent.inference.render import CONTEXT_FINDINGS, NORMAL, context_text, render
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
 from models.synthetic import make_case
@@ -118,3 +118,55 @@ def test_centimetres_and_plurals() -> None:
 def test_yes_no_answers() -> None:
     assert yes_no("Yes.", "en") is True and yes_no("no", "en") is False and yes_no("maybe", "en") is None
     assert yes_no("是", "zh") is True and yes_no("否", "zh") is False and yes_no("不确定", "zh") is False
+
+
+def test_context_text_names_critical_first_then_largest_first_and_is_capped() -> None:
+    """The decoder's findings text: "the largest nodule" is the first nodule named; at most CONTEXT_FINDINGS."""
+    rng = random.Random(7)
+    findings = [_finding(rng, "nodule") for _ in range(5)] + [_finding(rng, "pneumothorax")]
+    for f in findings:
+        f.present = True
+        f.location, f.location_en, f.location_zh, f.laterality = None, None, None, None
+    findings[2].size_mm = 99.0
+    text = context_text(findings, "en", VOCAB)
+    assert text.startswith("Pneumothorax")  # critical first
+    nodules = [f for f in parse(text, "en", VOCAB) if f.label == "nodule"]
+    assert nodules[0].size_mm == 99.0
+    many = findings + [_finding(rng, "mass") for _ in range(4)]
+    for f in many:
+        f.present = True
+    assert len(parse(context_text(many, "zh", VOCAB), "zh", VOCAB)) == CONTEXT_FINDINGS
+    assert context_text([], "zh", VOCAB) == NORMAL["zh"]
+
+
+@pytest.mark.parametrize("kind", ["cxr", "ct", "pet"])
+def test_training_context_states_the_ground_truth_as_the_runtime_would(kind: str) -> None:
+    """Stage 2 writes the ground truth with the runtime's renderer: parsed back, it is the phantom's findings."""
+    from models.context import findings_of, findings_text
+
+    for seed in range(30):
+        case = make_case(kind, 1_000 + seed)
+        lesions = [(les.label, les.location, les.laterality, les.size_mm) for les in case.lesions]
+        for lang in ("en", "zh"):
+            text = findings_text(findings_of(lesions), lang)
+            got = sorted(f.label for f in parse(text, lang, VOCAB) if not f.negated)
+            if len(lesions) <= CONTEXT_FINDINGS:
+                assert got == sorted(les.label for les in case.lesions), (kind, seed, text)
+            else:
+                assert len(got) == CONTEXT_FINDINGS
+
+
+def test_context_about_a_question_states_only_what_it_names() -> None:
+    """For a question the prompt states the findings of the labels it names, or that there are none."""
+    rng = random.Random(3)
+    findings = [_finding(rng, "nodule"), _finding(rng, "nodule"), _finding(rng, "pleural_effusion")]
+    for f in findings:
+        f.present = True
+    assert question_labels("How large is the largest nodule?", "en", VOCAB) == {"nodule"}
+    assert question_labels("右侧是否有胸腔积液？", "zh", VOCAB) == {"pleural_effusion"}
+    assert question_labels("Is this study normal?", "en", VOCAB) == set()
+    text = context_text(findings, "en", VOCAB, question_labels("How many nodules are there?", "en", VOCAB))
+    assert [f.label for f in parse(text, "en", VOCAB)] == ["nodule", "nodule"]
+    assert context_text(findings, "en", VOCAB, {"mass"}) == "No mass."
+    assert context_text(findings, "zh", VOCAB, {"mass"}) == "未见肿块。"
+    assert context_text(findings, "en", VOCAB, set()) == context_text(findings, "en", VOCAB)

@@ -1,0 +1,66 @@
+"""The findings text a training prompt carries: the ground truth rendered exactly as the runtime renders the heads.
+
+At inference the decoder's prompt starts with the impression the deterministic renderer wrote from the heads'
+findings (``dicom_agent.inference.render``); in stage 2 the same renderer writes it from the phantom's ground
+truth, so the decoder learns to answer from that text. The runtime sometimes cannot give a finding its side,
+location or size (an empty mask, no box): ``drop`` removes those attributes at random so that the decoder also
+learns to fall back on the image when the text is silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from dicom_agent.inference.parse import question_labels
+from dicom_agent.inference.render import context_text
+from dicom_agent.inference.types import Finding
+from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
+
+LesionFacts = tuple[str, str | None, str | None, float | None]  # label, location, laterality, size_mm
+
+
+@lru_cache(maxsize=1)
+def _vocabulary() -> Vocabulary:
+    return project_vocabulary()
+
+
+def findings_of(
+    lesions: Sequence[LesionFacts], rng: np.random.Generator | None = None, drop: float = 0.0
+) -> list[Finding]:
+    """Present findings from ground-truth lesion facts; with ``rng``, each attribute is dropped with ``drop``."""
+    vocab = _vocabulary()
+    out = []
+    for label, location, laterality, size_mm in lesions:
+        spec = vocab.labels[label]
+        if rng is not None and rng.random() < drop:
+            location = laterality = None
+        if rng is not None and rng.random() < drop:
+            size_mm = None
+        loc = vocab.location(location)
+        out.append(
+            Finding(
+                label=label,
+                code=spec.code,
+                name_en=spec.name_en,
+                name_zh=spec.name_zh,
+                probability=1.0,
+                present=True,
+                critical=spec.critical,
+                location=location,
+                location_en=loc.name_en if loc else None,
+                location_zh=loc.name_zh if loc else None,
+                laterality=laterality or (loc.laterality if loc else None),
+                size_mm=round(float(size_mm), 1) if size_mm is not None else None,
+            )
+        )
+    return out
+
+
+def findings_text(findings: Sequence[Finding], lang: str, question: str | None = None) -> str:
+    """The prompt's findings text (about what ``question`` names, if given), as the runtime writes it."""
+    vocab = _vocabulary()
+    about = question_labels(question, lang, vocab) if question else None
+    return context_text(findings, lang, vocab, about)
