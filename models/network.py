@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODALITIES = ("cxr", "ct", "pet")
+COARSE_STD_FLOOR = 0.05  # in the [-1, 1] units of the pooled cells
 SEG_TOPK = 16  # pixels of the segmentation map pooled into the label logit
 
 
@@ -48,6 +49,9 @@ class NetConfig:
     top_k: int = 4  # slices whose tokens feed the decoder
     stride: int = 8  # token grid = input side / stride
     global_head: int = 1  # 1: a pooled whole-image classifier adds to the attention-pooled finding logits
+    # side of the average-pooled input image whose pixels feed a coarse classifier (0 = off): a linear probe on
+    # 16x16 pooled pixels separates effusion (1.00) and pneumothorax (0.94) that the encoder's tokens lost
+    coarse: int = 16
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -271,6 +275,9 @@ class TextDecoder(nn.Module):
 class UnifiedModel(nn.Module):
     """All tasks and modalities in one network (see the module docstring)."""
 
+    coarse_mean: torch.Tensor  # buffers of the coarse pathway (modalities, cells)
+    coarse_std: torch.Tensor
+
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -290,6 +297,39 @@ class UnifiedModel(nn.Module):
         self.align_img = nn.Linear(d, d)  # stage-1 image <-> report alignment (CLIP-style)
         self.align_txt = nn.Linear(d, d)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # coarse pathway: pooled pixels (+ the modality) -> per-label logits that add to the heads' logits
+        self.coarse_in: nn.Linear | None = None
+        if cfg.coarse:
+            cells = cfg.coarse * cfg.coarse
+            self.coarse_in = nn.Linear(cells, d)
+            self.coarse_mod = nn.Embedding(len(MODALITIES), d)
+            self.coarse_out = nn.Sequential(nn.GELU(), nn.Linear(d, n))
+            # per-modality standardisation of each pooled cell, fitted on the training images (fit_coarse_stats).
+            # Raw pooled pixels are so correlated that this pathway alone learned pneumothorax to AUROC 0.56 in
+            # 924 steps; standardised, 0.94 (same steps, same optimiser)
+            self.register_buffer("coarse_mean", torch.zeros(len(MODALITIES), cells))
+            self.register_buffer("coarse_std", torch.ones(len(MODALITIES), cells))
+
+    def coarse_pooled(self, image: torch.Tensor) -> torch.Tensor:
+        """Images or slices (N,1,S,S) in [0, 1] -> (N, coarse²) average-pooled cells in [-1, 1]."""
+        return F.avg_pool2d(image * 2.0 - 1.0, image.shape[-1] // self.cfg.coarse).flatten(1)
+
+    @torch.no_grad()
+    def fit_coarse_stats(self, modality: int, images: torch.Tensor) -> None:
+        """Sets one modality's cell mean and std from training images or slices (N,1,S,S). The std is floored at
+        0.05: CT and PET have cells that are constant air, which intensity jitter would otherwise blow up."""
+        pooled = self.coarse_pooled(images)
+        self.coarse_mean[modality] = pooled.mean(0)
+        self.coarse_std[modality] = pooled.std(0).clamp(min=COARSE_STD_FLOOR)
+
+    def _encode(self, image: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Images or slices (N,1,S,S) -> tokens and per-image heads; the coarse pathway's logits join the heads'."""
+        tokens, grid, f1, f2 = self.encoder(image, modality)
+        out = self.heads(tokens, grid, f1, f2)
+        if self.coarse_in is not None:
+            cells = (self.coarse_pooled(image) - self.coarse_mean[modality]) / self.coarse_std[modality]
+            out["logits"] = out["logits"] + self.coarse_out(self.coarse_in(cells) + self.coarse_mod(modality))
+        return tokens, out
 
     # ---- visual memory for the decoder -------------------------------------------------------------------
     def _memory(
@@ -312,8 +352,7 @@ class UnifiedModel(nn.Module):
     # ---- 2D -------------------------------------------------------------------------------------------------
     def forward_2d(self, image: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
         """image (N,1,S,S) -> logits (N,L), heatmap/size/offset (N,·,S/8,S/8), seg (N,L,S,S), memory, embedding."""
-        tokens, grid, f1, f2 = self.encoder(image, modality)
-        out = self.heads(tokens, grid, f1, f2)
+        tokens, out = self._encode(image, modality)
         probs = torch.sigmoid(out["logits"])
         where = torch.cat([out["where"], torch.full_like(out["where"][..., :1], 0.5)], -1)
         out["memory"] = self._memory(tokens, out["label_feats"], probs, where)
@@ -326,8 +365,7 @@ class UnifiedModel(nn.Module):
         """volume (N,D,S,S), modality (N,) -> per-slice heads (N,D,...), slice relevance (N,D), volume logits (N,L)."""
         n, depth, s, _ = volume.shape
         flat = volume.reshape(n * depth, 1, s, s)
-        tokens, grid, f1, f2 = self.encoder(flat, modality.repeat_interleave(depth))
-        out = self.heads(tokens, grid, f1, f2)
+        tokens, out = self._encode(flat, modality.repeat_interleave(depth))
         t, d = tokens.shape[1], tokens.shape[2]
         tok = tokens.reshape(n, depth, t, d)
         slice_emb = tok.mean(2)

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from models.context import findings_of, findings_text
 from models.dataset import Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
-from models.network import NetConfig, UnifiedModel, count_parameters
+from models.network import MODALITIES, NetConfig, UnifiedModel, count_parameters
 from models.prompts import TEMPLATES, instruction, with_context
 from models.tokenizer import EOS, PAD, prompt_ids, token_id, train_tokenizer
 
@@ -61,7 +61,7 @@ class TrainConfig:
     report_share: float = 0.15  # stage-2 steps on narrative reports (VQA the rest); the text of record is rendered
     # stage-2 prompts start with the findings text (ground truth rendered like the runtime renders the heads);
     # each finding's side/location and size are dropped with this probability (the runtime cannot always give
-    # them). Off in the shipped recipe: with it on (bundle 0.3.0 experiment, docs/model.md) answers bound to the
+    # them). Off in the shipped recipe: with it on (session-4 experiment, docs/model.md) answers bound to the
     # heads, whose errors then cost more than the answer prior
     context: bool = False
     context_drop: float = 0.15
@@ -399,6 +399,15 @@ def choose_thresholds(model: UnifiedModel, val: dict[str, list[Sample]]) -> dict
     return out
 
 
+def fit_coarse_stats(model: UnifiedModel, pools: dict[str, list[Sample]]) -> None:
+    """Standardisation of the coarse pathway per modality, from the training images (volumes: every slice)."""
+    if model.coarse_in is None:
+        return
+    for kind, samples in pools.items():
+        image = collate(samples).image
+        model.fit_coarse_stats(MODALITIES.index(kind), image.reshape(-1, 1, *image.shape[-2:]))
+
+
 def train(cfg: TrainConfig, out_dir: Path) -> Path:
     """Run both stages; writes ``checkpoint.pt``, ``tokenizer.json`` and ``history.json`` into ``out_dir``."""
     torch.manual_seed(cfg.seed)
@@ -416,6 +425,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> Path:
     tok.save(str(out_dir / "tokenizer.json"))
     net = NetConfig(**{"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), **cfg.net})
     model = UnifiedModel(net)
+    fit_coarse_stats(model, pools)
     log.info("model: %d parameters, vocab %d", count_parameters(model), net.vocab_size)
     t1 = time.time()
     h1 = stage1(model, pools, tok, cfg, rng)

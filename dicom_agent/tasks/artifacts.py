@@ -123,9 +123,16 @@ def save_findings(root: Path, study_uid: str, job_id: int, sf: StudyFindings) ->
     return rel.with_suffix(".json")
 
 
+def load_findings_doc(root: Path, study_uid: str, job_id: int) -> dict[str, Any]:
+    """The JSON half only (flags, text, timings): enough for a page that does not need the masks."""
+    rel = artifact_relpath(study_uid, job_id)
+    doc: dict[str, Any] = json.loads(resolve_inside(root, rel.with_suffix(".json")).read_bytes())
+    return doc
+
+
 def load_findings(root: Path, study_uid: str, job_id: int) -> StudyFindings:
     rel = artifact_relpath(study_uid, job_id)
-    doc = json.loads(resolve_inside(root, rel.with_suffix(".json")).read_bytes())
+    doc = load_findings_doc(root, study_uid, job_id)
     with np.load(resolve_inside(root, rel.with_suffix(".npz")), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     return findings_from_json(doc, arrays)

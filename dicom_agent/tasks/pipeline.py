@@ -168,6 +168,15 @@ def _finding_rows(job: Job, sf: StudyFindings) -> list[Finding]:
     return rows
 
 
+def ran_on(adapter: Any, requested: str) -> str:
+    """Where inference really runs, for the job row and the metrics: ONNX Runtime's first provider ("cuda",
+    "cpu": a CUDA request may have fallen back to the CPU), else the adapter's torch device, else the setting."""
+    providers = getattr(adapter, "providers", None)
+    if providers:
+        return str(providers[0]).removesuffix("ExecutionProvider").lower()
+    return str(getattr(adapter, "device", None) or requested)
+
+
 def run_inference(job_id: int) -> None:
     settings = get_settings()
     with session_scope() as s:
@@ -200,7 +209,7 @@ def run_inference(job_id: int) -> None:
             inputs = study_input(s, job, study, settings.storage_dir, settings.languages)
             model_name = job.model_name
         adapter = parts.adapter(settings)
-        device = str(getattr(adapter, "device", None) or getattr(adapter, "provider", None) or settings.device)
+        device = ran_on(adapter, settings.device)
         t0 = time.monotonic()
         with Heartbeat(job_id, settings.job_heartbeat_s):
             findings = adapter.predict(inputs)

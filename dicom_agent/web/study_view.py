@@ -17,12 +17,15 @@ from sqlalchemy.orm import Session
 
 from dicom_agent.db.orm import Finding, Instance, Job, ResultObject, Review, Series, Study, User
 from dicom_agent.db.states import JobState, ReviewState
+from dicom_agent.inference.vocabulary import project_vocabulary
 from dicom_agent.store.atomic import PathOutsideRootError, resolve_inside
+from dicom_agent.tasks.artifacts import load_findings_doc
 from dicom_agent.web import masks
 from dicom_agent.web.render import OVERLAY_COLORS, presets_for
 
 log = logging.getLogger(__name__)
 NON_IMAGE_MODALITIES = {"SR", "SEG", "KO", "PR", "REG", "RTSTRUCT", "DOC"}
+DECODER_FLAG = "decoder_"  # decoder text vs heads (inference.agreement): "decoder_omits:en", "decoder_adds:zh:mass"
 IMPRESSION_CODE = "121073"
 LANGUAGE_MODIFIER = "121049"
 
@@ -57,6 +60,20 @@ class FindingView:
     def status(self) -> str:
         return str((self.decision or {}).get("decision") or "pending")
 
+    @property
+    def decoder_notes(self) -> list[tuple[str, str]]:
+        """(kind, LANG) of each decoder/heads disagreement on this finding, e.g. ("decoder_omits", "EN")."""
+        return decoder_flags(self.row.flags or [])
+
+
+def decoder_flags(flags: list[str]) -> list[tuple[str, str]]:
+    notes = []
+    for flag in flags:
+        kind, _, lang = str(flag).partition(":")
+        if kind.startswith(DECODER_FLAG) and lang:
+            notes.append((kind, lang.upper()))
+    return notes
+
 
 @dataclass
 class StudyView:
@@ -75,6 +92,7 @@ class StudyView:
     signed: ResultObject | None = None
     reviewer: User | None = None
     overlay_data: dict[str, Any] = field(default_factory=dict)
+    decoder_adds: list[tuple[str, str, str]] = field(default_factory=list)  # (LANG, name EN, name ZH)
 
     @property
     def review_state(self) -> str:
@@ -183,6 +201,28 @@ def draft_text_for(draft_path: Path | None, findings: list[Finding]) -> dict[str
     return texts
 
 
+def decoder_additions(storage_dir: Path, study: Study, job: Job | None) -> list[tuple[str, str, str]]:
+    """Findings the decoder's narrative states but the heads did not find (the job's ``decoder_adds`` flags).
+
+    They are study-level, so they live in the job's findings artefact, not in a ``finding`` row."""
+    if job is None:
+        return []
+    try:
+        flags = load_findings_doc(storage_dir, study.study_instance_uid, job.id).get("flags") or []
+    except (OSError, ValueError, PathOutsideRootError):  # no artefact (older job) or unreadable: no notes
+        return []
+    vocabulary = project_vocabulary()
+    out = []
+    for flag in flags:
+        kind, _, rest = str(flag).partition(":")
+        lang, _, label = rest.partition(":")
+        if kind != "decoder_adds" or not label:
+            continue
+        spec = vocabulary.labels.get(label)
+        out.append((lang.upper(), spec.name_en if spec else label, spec.name_zh if spec else label))
+    return out
+
+
 def _slices(db: Session, series: Series) -> list[SliceRef]:
     rows = db.scalars(
         select(Instance).where(Instance.series_id == series.id).order_by(Instance.instance_number, Instance.id)
@@ -268,6 +308,7 @@ def build_study_view(db: Session, storage_dir: Path, study: Study, series_id: in
         draft_sr=draft,
         signed=signed,
         reviewer=db.get(User, review.user_id) if review and review.user_id else None,
+        decoder_adds=decoder_additions(storage_dir, study, job),
     )
     view.overlay_data = {
         "study": study.id,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 
-from models.network import Heads, NetConfig, UnifiedModel
+from models.network import COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
 from models.train import kind_schedule
 
 TINY = NetConfig(n_labels=3, vocab_size=40, d=16, heads=2, enc_layers=1, dec_layers=1, max_len=16)
@@ -76,3 +77,45 @@ def test_where_stays_in_the_unit_cube_and_radiographs_sit_mid_slice() -> None:
     assert ((out["mem_where"] >= 0) & (out["mem_where"] <= 1)).all()
     out2 = model.forward_2d(torch.zeros(2, 1, 128, 128), torch.zeros(2, dtype=torch.long))
     assert torch.all(out2["mem_where"][..., 2] == 0.5)  # radiographs have no slice axis
+
+
+def _coarse_part(model: UnifiedModel, image: torch.Tensor) -> torch.Tensor:
+    """The coarse pathway's share of the 2D logits: logits minus those with its output layer silenced."""
+    with torch.no_grad():
+        full = model.forward_2d(image, torch.zeros(image.shape[0], dtype=torch.long))["logits"]
+        out_layer = model.coarse_out[1]
+        saved = out_layer.weight.clone(), out_layer.bias.clone()
+        out_layer.weight.zero_()
+        out_layer.bias.zero_()
+        heads_only = model.forward_2d(image, torch.zeros(image.shape[0], dtype=torch.long))["logits"]
+        out_layer.weight.copy_(saved[0])
+        out_layer.bias.copy_(saved[1])
+    return full - heads_only
+
+
+def test_coarse_pathway_reads_only_the_pooled_image_and_can_be_off() -> None:
+    assert UnifiedModel(replace(TINY, coarse=0)).coarse_in is None  # bundles before it rebuild unchanged
+    torch.manual_seed(0)
+    model = UnifiedModel(TINY).eval()
+    image = torch.rand(1, 1, 128, 128)
+    base = _coarse_part(model, image)
+    shuffled = image.clone()  # pixels moved within one 8x8 pooling cell: same pooled image
+    shuffled[..., 40:48, 40:48] = image[..., 40:48, 40:48].flip(-1).flip(-2)
+    assert torch.allclose(_coarse_part(model, shuffled), base, atol=1e-5)
+    brighter = image.clone()  # one cell's mean changes
+    brighter[..., 40:48, 40:48] += 0.5
+    assert (_coarse_part(model, brighter) - base).abs().max() > 1e-4
+
+
+def test_coarse_cells_are_standardised_per_modality_with_a_floored_std() -> None:
+    model = UnifiedModel(TINY)
+    torch.manual_seed(0)
+    images = torch.rand(64, 1, 128, 128)
+    images[..., :8, :8] = 0.0  # the first pooled cell is constant, like air around a CT body
+    model.fit_coarse_stats(1, images)
+    cells = (model.coarse_pooled(images) - model.coarse_mean[1]) / model.coarse_std[1]
+    assert cells[:, 1:].mean(0).abs().max() < 1e-4
+    assert torch.allclose(cells[:, 1:].std(0), torch.ones(cells.shape[1] - 1), atol=1e-3)
+    assert model.coarse_std[1, 0] == COARSE_STD_FLOOR and cells[:, 0].abs().max() == 0
+    # the other modalities keep the identity until they are fitted
+    assert model.coarse_mean[[0, 2]].abs().max() == 0 and (model.coarse_std[[0, 2]] == 1).all()

@@ -28,6 +28,9 @@ def test_smoke_training_writes_a_checkpoint_with_finite_losses(smoke_run: Path) 
     ckpt = torch.load(smoke_run / "checkpoint.pt", weights_only=False)
     assert set(ckpt["thresholds"]) == {lab["key"] for lab in ckpt["labels"]}
     assert ckpt["training"]["train_cases"]["cxr"] == 12
+    # the coarse pathway's standardisation was fitted on every modality's training images (identity = not fitted)
+    state = ckpt["state_dict"]
+    assert (state["coarse_std"] != 1).any(dim=1).all() and (state["coarse_mean"] != 0).any(dim=1).all()
 
 
 def _dims(model_path: Path) -> dict[str, list[str | int]]:

@@ -81,3 +81,16 @@ def test_findings_artefact_round_trips_boxes_masks_and_text(tmp_path: Path) -> N
         sf.impression,
         sf.model,
     )
+
+
+def test_the_job_records_the_device_inference_ran_on_not_the_one_requested() -> None:
+    """A CUDA request on a machine whose ONNX Runtime has no CUDA provider runs on the CPU, and says so."""
+    import onnxruntime as ort
+
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from dicom_agent.tasks.pipeline import ran_on
+
+    adapter = BundleAdapter(Path(__file__).resolve().parents[2] / "models" / "bundled", device="cuda", threads=1)
+    expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    assert ran_on(adapter, "cuda") == expected
+    assert ran_on(object(), "cuda:1") == "cuda:1"  # an adapter that says nothing: the setting

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from dicom_agent.config import Settings
 from dicom_agent.db.orm import Instance, Review
+from dicom_agent.tasks.artifacts import save_findings
+from tests.results import findings as fx
 from tests.results.findings import IMPRESSION_EN, IMPRESSION_ZH
 from tests.web.factories import login
 from tests.web.scenario import Seeded, seed
@@ -180,3 +182,27 @@ def test_two_findings_of_one_label_get_their_own_mask(
         inside = masks[f.id][int(y0) : int(y1) + 1, int(x0) : int(x1) + 1].sum()
         assert inside > 0 and inside == masks[f.id].sum()  # all of it near its own box
     assert not (masks[a.id] & masks[b.id]).any()
+
+
+def test_decoder_disagreements_are_shown_per_finding_and_per_study(
+    client: TestClient, ct: Seeded, db: Session, web_settings: Settings
+) -> None:
+    """The narrative-vs-heads flags (inference.agreement) reach the radiologist, in both UI languages."""
+    login(client, "rad")
+    page = f"/studies/{ct.study.id}"
+    assert "decoder-flag" not in client.get(page).text  # no flags, no warnings
+    nodule = ct.findings["nodule"]
+    nodule.flags = ["decoder_omits:zh", "decoder_location_differs:en"]
+    db.commit()
+    sf = fx.ct_findings(ct.sources)
+    sf.flags = ["decoder_disagrees:en", "decoder_adds:en:pleural_effusion"]
+    save_findings(web_settings.storage_dir, ct.study.study_instance_uid, ct.job.id, sf)
+    html = client.get(page).text
+    row = html[html.index(f'id="finding-{nodule.id}"') :]
+    row = row[: row.index("</tr>")]
+    assert "AI narrative omits this finding (ZH)" in row and "AI narrative places it elsewhere (EN)" in row
+    emphysema = html[html.index(f'id="finding-{ct.findings["emphysema"].id}"') :]
+    assert "decoder-flag" not in emphysema[: emphysema.index("</tr>")]
+    assert "AI narrative also states a finding the detector did not find (EN): pleural effusion" in html
+    zh = client.get(f"/lang/zh?next={page}").text
+    assert "AI 叙述未提及此所见 (ZH)" in zh and "(EN): 胸腔积液" in zh
