@@ -21,12 +21,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 # CPU-only torch first (a bare `torch` would pull a multi-GB CUDA build; the model runs through onnxruntime).
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY dicom_agent ./dicom_agent
 COPY models ./models
 COPY migrations ./migrations
 # editable: migrations/ and models/bundled/ stay where the code expects them (/app)
-RUN pip install -e ".[${ORT}]" flower && \
+RUN pip install -c constraints.txt -e ".[${ORT}]" flower && \
     useradd --system --uid 10001 --home /data dicom && mkdir -p /data/storage && chown -R dicom /data
 USER dicom
 EXPOSE 11112 8080 9100

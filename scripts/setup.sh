@@ -25,13 +25,14 @@ install_peers() {
 
 install_python() {
   local want
-  want=$(sha256sum pyproject.toml | cut -c1-16)
+  want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then return; fi
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[cpu,dev]"
+  # pinned to the versions the suite last passed with: a new numpy once moved sample pixels by 1 LSB
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[cpu,dev]"
   echo "$want" >"$STAMP"
 }
 
