@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from models.context import findings_of, findings_text
-from models.dataset import Batch, Sample, collate, make_samples
+from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
-from models.network import MODALITIES, NetConfig, UnifiedModel, count_parameters
+from models.network import NetConfig, UnifiedModel, count_parameters
 from models.prompts import TEMPLATES, instruction, with_context
 from models.tokenizer import EOS, PAD, prompt_ids, token_id, train_tokenizer
 
@@ -404,8 +404,9 @@ def fit_coarse_stats(model: UnifiedModel, pools: dict[str, list[Sample]]) -> Non
     if model.coarse_in is None:
         return
     for kind, samples in pools.items():
-        image = collate(samples).image
-        model.fit_coarse_stats(MODALITIES.index(kind), image.reshape(-1, 1, *image.shape[-2:]))
+        # the images alone: collate would also build every target map (gigabytes for 2000 radiographs)
+        image = torch.from_numpy(np.stack([s.image.astype(np.float32) for s in samples]))
+        model.fit_coarse_stats(KIND_INDEX[kind], image.reshape(-1, 1, *image.shape[-2:]))
 
 
 def train(cfg: TrainConfig, out_dir: Path) -> Path:

@@ -12,6 +12,15 @@ from dicom_agent.inference.parse import parse
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary
 
+DECODER_FLAG = "decoder_"  # every flag below starts so: "decoder_omits:en", "decoder_adds:zh:mass"
+
+
+def split_flag(flag: str) -> tuple[str, str, str]:
+    """``"decoder_adds:zh:mass"`` -> ``("decoder_adds", "zh", "mass")``; missing parts are empty strings."""
+    kind, _, rest = str(flag).partition(":")
+    lang, _, label = rest.partition(":")
+    return kind, lang, label
+
 
 def flag_disagreements(findings: list[Finding], text: str, lang: str, vocabulary: Vocabulary) -> list[str]:
     """Adds per-finding flags for ``text`` in ``lang`` and returns the study-level flags."""

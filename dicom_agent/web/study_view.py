@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from dicom_agent.db.orm import Finding, Instance, Job, ResultObject, Review, Series, Study, User
 from dicom_agent.db.states import JobState, ReviewState
+from dicom_agent.inference.agreement import DECODER_FLAG, split_flag
 from dicom_agent.inference.vocabulary import project_vocabulary
 from dicom_agent.store.atomic import PathOutsideRootError, resolve_inside
 from dicom_agent.tasks.artifacts import load_findings_doc
@@ -25,7 +26,6 @@ from dicom_agent.web.render import OVERLAY_COLORS, presets_for
 
 log = logging.getLogger(__name__)
 NON_IMAGE_MODALITIES = {"SR", "SEG", "KO", "PR", "REG", "RTSTRUCT", "DOC"}
-DECODER_FLAG = "decoder_"  # decoder text vs heads (inference.agreement): "decoder_omits:en", "decoder_adds:zh:mass"
 IMPRESSION_CODE = "121073"
 LANGUAGE_MODIFIER = "121049"
 
@@ -69,7 +69,7 @@ class FindingView:
 def decoder_flags(flags: list[str]) -> list[tuple[str, str]]:
     notes = []
     for flag in flags:
-        kind, _, lang = str(flag).partition(":")
+        kind, lang, _ = split_flag(flag)
         if kind.startswith(DECODER_FLAG) and lang:
             notes.append((kind, lang.upper()))
     return notes
@@ -214,8 +214,7 @@ def decoder_additions(storage_dir: Path, study: Study, job: Job | None) -> list[
     vocabulary = project_vocabulary()
     out = []
     for flag in flags:
-        kind, _, rest = str(flag).partition(":")
-        lang, _, label = rest.partition(":")
+        kind, lang, label = split_flag(flag)
         if kind != "decoder_adds" or not label:
             continue
         spec = vocabulary.labels.get(label)
