@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.4.0"
+BUNDLE_VERSION = "0.5.0"
 OPSET = 18
 
 
@@ -269,10 +269,20 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
     }
 
 
+BOX_CASES = 60  # validation phantoms per kind that choose the box source of each label
+
+
 def write_bundle(
-    ckpt_path: Path, tokenizer_path: Path, out_dir: Path, *, int8: bool = False, metrics: dict[str, Any] | None = None
+    ckpt_path: Path,
+    tokenizer_path: Path,
+    out_dir: Path,
+    *,
+    int8: bool = False,
+    metrics: dict[str, Any] | None = None,
+    box_cases: int = BOX_CASES,
 ) -> dict[str, Any]:
-    """Export a checkpoint into ``out_dir`` (ONNX graphs, tokenizer.json, manifest.json); returns the manifest."""
+    """Export a checkpoint into ``out_dir`` (ONNX graphs, tokenizer.json, manifest.json); returns the manifest.
+    ``box_cases`` validation phantoms per kind choose each label's box source (0: CenterNet peaks for all)."""
     from tokenizers import Tokenizer
 
     model, ckpt = load_checkpoint(ckpt_path)
@@ -319,6 +329,12 @@ def write_bundle(
         "training": ckpt.get("training", {}),
         "metrics": metrics if metrics is not None else ckpt.get("metrics", {}),
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    path = out_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if box_cases:  # measured on the exported graphs, as the runtime will decode them
+        from models.evaluate import choose_box_sources
+
+        manifest["decoding"]["box_source"] = choose_box_sources(out_dir, box_cases)
+        path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     log.info("bundle written to %s", out_dir)
     return manifest

@@ -48,7 +48,7 @@ class TrainConfig:
     """The recipe of the shipped bundle (defaults) — ``dicom-agent model train`` overrides steps/seed/sizes."""
 
     seed: int = 0
-    steps1: int = 2200
+    steps1: int = 2800
     steps2: int = 600
     n_cxr: int = 2000
     n_ct: int = 300

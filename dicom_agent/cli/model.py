@@ -63,6 +63,9 @@ def export(
     ] = DEFAULT_RUN,
     out_dir: Annotated[Path, typer.Option("--out", help="bundle directory")] = DEFAULT_BUNDLE,
     int8: Annotated[bool, typer.Option(help="dynamic int8 quantization of enc2d and dec_step")] = False,
+    box_cases: Annotated[
+        int, typer.Option(min=0, help="validation phantoms per kind that choose each label's box source (0: peaks)")
+    ] = 60,
 ) -> None:
     """Export ONNX graphs (opset 18, dynamic batch) + tokenizer + manifest.json into the bundle directory."""
     _logging()
@@ -71,7 +74,7 @@ def export(
         fail(f"{run_dir} has no checkpoint.pt/tokenizer.json (run `dicom-agent model train` first)")
     from models.export import write_bundle
 
-    manifest = write_bundle(ckpt, tok, out_dir, int8=int8)
+    manifest = write_bundle(ckpt, tok, out_dir, int8=int8, box_cases=box_cases)
     total = sum((out_dir / f["path"]).stat().st_size for f in manifest["files"].values())
     out(f"bundle {out_dir} ({total / 1e6:.1f} MB): {', '.join(manifest['files'])}")
 

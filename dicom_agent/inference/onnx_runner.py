@@ -84,7 +84,8 @@ class Result2D:
 
     - ``probabilities``: label key -> probability of presence (0..1), all labels of the bundle
     - ``present``: label keys whose probability >= the label's threshold (manifest) and that apply to CXR
-    - ``boxes``: CenterNet peaks of present labels, best first (model pixel coords)
+    - ``boxes``: boxes of present labels, best first (model pixel coords): CenterNet peaks, or the mask's
+      components for labels whose manifest ``decoding.box_source`` says "mask"
     - ``masks``: label key -> bool (S,S) for present labels (segmentation probability >= 0.5)
     - ``mask_probs``: float32 (L,S,S) segmentation probabilities, label order of ``BundleRunner.labels``
     - ``features``: decoder cross K/V for ``generate``
@@ -171,6 +172,36 @@ def decode_centernet(
     return boxes
 
 
+def mask_components(mask: np.ndarray) -> np.ndarray:
+    """4-connected component labels of a 2D boolean mask (0 = background): each pixel takes the largest label
+    among itself and its neighbours until nothing changes (as many rounds as the widest component's span)."""
+    h, w = mask.shape
+    lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
+    while True:
+        p = np.pad(lab, 1)
+        grown = np.maximum.reduce([p[1:-1, 1:-1], p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+        grown = np.where(mask, grown, 0)
+        if np.array_equal(grown, lab):
+            return lab
+        lab = grown
+
+
+def mask_component_boxes(prob: np.ndarray, label: str, threshold: float, weight: float) -> list[DetectedBox]:
+    """One box per connected component of ``prob >= threshold`` (h,w): the box of what the mask shows, scored
+    by the component's peak probability times ``weight`` (the label's image or volume probability)."""
+    mask = prob >= threshold
+    if not mask.any():
+        return []
+    lab = mask_components(mask)
+    boxes = []
+    for k in np.unique(lab[mask]):
+        ys, xs = np.nonzero(lab == k)
+        peak = float(prob[ys, xs].max()) * weight
+        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+        boxes.append(DetectedBox(label, peak, x0, y0, x1, y1))
+    return boxes
+
+
 class BundleRunner:
     """Loads a bundle by its manifest (verifying every file's sha256) and runs it with ONNX Runtime.
 
@@ -222,6 +253,9 @@ class BundleRunner:
         decoding = self.manifest.get("decoding", {})
         self.box_min_score = float(decoding.get("box_min_score", 0.3))
         self.mask_threshold = float(decoding.get("mask_threshold", 0.5))
+        # where each (kind, label)'s boxes come from: "heatmap" (CenterNet, the default) or "mask" (components
+        # of the segmentation), chosen per label on validation phantoms at export (models.evaluate)
+        self.box_source: dict[str, dict[str, str]] = decoding.get("box_source", {})
 
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
@@ -265,14 +299,14 @@ class BundleRunner:
         for i in range(images.shape[0]):
             probs = out["probs"][i]
             present = self._present(probs, "cxr")
+            seg = out["seg"][i]
             boxes = [
                 b
-                for b in decode_centernet(
-                    out["heatmap"][i], out["size"][i], out["offset"][i], self.label_keys, side, self.box_min_score
+                for b in self.boxes(
+                    "cxr", out["heatmap"][i], out["size"][i], out["offset"][i], seg, probs, self.box_min_score
                 )
                 if b.label in present
             ]
-            seg = out["seg"][i]
             masks = {k: seg[self.label_keys.index(k)] >= self.mask_threshold for k in present}
             results.append(
                 Result2D(
@@ -299,15 +333,14 @@ class BundleRunner:
         out = self._run("enc3d", {"volume": volume[None], "modality": np.array([MODALITY_INDEX[modality]], np.int64)})
         probs = out["probs"][0]
         present = self._present(probs, modality)
+        seg = out["seg"][0]  # (D,L,s,s)
         boxes: list[DetectedBox] = []
         for z in range(depth):
-            for b in decode_centernet(
-                out["heatmap"][0, z], out["size"][0, z], out["offset"][0, z], self.label_keys, side, self.box_min_score
-            ):
+            heads = out["heatmap"][0, z], out["size"][0, z], out["offset"][0, z]
+            for b in self.boxes(modality, *heads, seg[z], probs, self.box_min_score):
                 if b.label in present:
                     boxes.append(DetectedBox(b.label, b.score, b.x0, b.y0, b.x1, b.y1, z=z))
         boxes.sort(key=lambda b: -b.score)
-        seg = out["seg"][0]  # (D,L,s,s)
         masks = {k: seg[:, self.label_keys.index(k)] >= self.mask_threshold for k in present}
         return Result3D(
             probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
@@ -321,6 +354,33 @@ class BundleRunner:
             embedding=out["image_embedding"][0],
             features=DecoderFeatures(out["cross_k"], out["cross_v"]),
         )
+
+    def boxes(
+        self,
+        kind: str,
+        heat: np.ndarray,
+        size: np.ndarray,
+        offset: np.ndarray,
+        seg: np.ndarray,
+        probs: np.ndarray,
+        min_score: float,
+        max_per_label: int = 5,
+        source: str | None = None,
+    ) -> list[DetectedBox]:
+        """Boxes of every label on one image or slice, best first: CenterNet peaks (``min_score``, at most
+        ``max_per_label``) or, for labels whose manifest ``box_source`` is "mask", the components of the
+        segmentation at the mask threshold (the box then outlines the mask the SEG shows), falling back to the
+        peaks where that mask is empty. ``source`` forces one way for all labels (export compares them)."""
+        sources = self.box_source.get(kind, {})
+        peaks = decode_centernet(heat, size, offset, self.label_keys, seg.shape[-1], min_score, max_per_label)
+        out: list[DetectedBox] = []
+        for li, key in enumerate(self.label_keys):
+            from_mask = []
+            if (source or sources.get(key, "heatmap")) == "mask":
+                from_mask = mask_component_boxes(seg[li], key, self.mask_threshold, float(probs[li]))
+            out += from_mask or [b for b in peaks if b.label == key]
+        out.sort(key=lambda b: -b.score)
+        return out
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self.sessions[graph]

@@ -40,5 +40,5 @@ def smoke_bundle(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from models.export import write_bundle
 
     out = tmp_path_factory.mktemp("bundle")
-    write_bundle(smoke_run / "checkpoint.pt", smoke_run / "tokenizer.json", out)
+    write_bundle(smoke_run / "checkpoint.pt", smoke_run / "tokenizer.json", out, box_cases=3)
     return out

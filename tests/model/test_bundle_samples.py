@@ -54,8 +54,7 @@ def test_focal_findings_have_boxes_on_source_images(predicted: tuple[str, StudyF
     sop_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (SAMPLES / kind).glob("*.dcm")}
     focal_keys = {les["label"] for les in truth["lesions"] if les["focal"]}
     focal = [f for f in result.present if f.label in focal_keys]
-    if kind != "cxr":  # the shipped bundle misses the radiograph sample's two nodules (docs/model.md, known limits)
-        assert [f for f in focal if f.boxes], (kind, [f.label for f in result.present])
+    assert [f for f in focal if f.boxes], (kind, [f.label for f in result.present])
     rows, cols = truth["shape"][-2:]
     for finding in focal:
         assert finding.boxes or "no_box" in finding.flags

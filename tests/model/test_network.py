@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models.network import COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
+from models.network import CELL_CLIP, COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
 from models.train import kind_schedule
 
 TINY = NetConfig(n_labels=3, vocab_size=40, d=16, heads=2, enc_layers=1, dec_layers=1, max_len=16)
@@ -119,3 +119,31 @@ def test_coarse_cells_are_standardised_per_modality_with_a_floored_std() -> None
     assert model.coarse_std[1, 0] == COARSE_STD_FLOOR and cells[:, 0].abs().max() == 0
     # the other modalities keep the identity until they are fitted
     assert model.coarse_mean[[0, 2]].abs().max() == 0 and (model.coarse_std[[0, 2]] == 1).all()
+
+
+def test_cell_map_is_clipped_and_brought_to_the_token_grid() -> None:
+    model = UnifiedModel(TINY)
+    cells = torch.zeros(2, TINY.coarse * TINY.coarse)
+    cells[0, 0] = 100.0  # an air cell whose floored std blew it up
+    radiograph = model.cell_map(cells, 16, 16)  # 128 px / stride 8: one cell per token
+    assert radiograph.shape == (2, 1, 16, 16) and radiograph[0, 0, 0, 0] == CELL_CLIP
+    volume_slice = model.cell_map(cells, 8, 8)  # 64 px slices: 2 x 2 cells per token
+    assert volume_slice.shape == (2, 1, 8, 8) and volume_slice[0, 0, 0, 0] == CELL_CLIP / 4
+    assert volume_slice[1].abs().max() == 0
+    finer = model.cell_map(cells, 32, 32)  # a grid finer than the cells repeats them
+    assert finer.shape == (2, 1, 32, 32) and (finer[0, 0, :2, :2] == CELL_CLIP).all() and finer[0, 0, 2:].max() == 0
+
+
+def test_segmentation_reads_the_cell_map_locally_and_can_be_off() -> None:
+    assert UnifiedModel(replace(TINY, coarse_seg=0)).heads.cell_conv is None
+    torch.manual_seed(0)
+    model = UnifiedModel(TINY).eval()
+    image = torch.rand(1, 1, 128, 128)
+    modality = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        base = model.forward_2d(image, modality)["seg"]
+        model.coarse_mean[0, 2 * TINY.coarse + 2] -= 1.0  # cell (row 2, col 2) now reads brighter, pixels unchanged
+        moved = model.forward_2d(image, modality)["seg"]
+    diff = (moved - base).abs()[0].amax(0)
+    # under the cell, and far more than far away (where only the decoder's GroupNorm statistics moved)
+    assert diff[16:24, 16:24].mean() > 10 * diff[64:, 64:].mean() > 0
