@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models.dataset import Sample, collate, make_samples
+from models.export import write_manifest
 from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.network import UnifiedModel
 from models.train import VAL_SEED
@@ -583,4 +584,4 @@ def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
             }
         summary["modalities"][kind] = entry
     manifest["metrics"] = summary
-    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_manifest(path, manifest)

@@ -272,6 +272,11 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
 BOX_CASES = 60  # validation phantoms per kind that choose the box source of each label
 
 
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The one format of manifest.json (UTF-8, Chinese names unescaped, one-space indent)."""
+    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
 def write_bundle(
     ckpt_path: Path,
     tokenizer_path: Path,
@@ -329,12 +334,11 @@ def write_bundle(
         "training": ckpt.get("training", {}),
         "metrics": metrics if metrics is not None else ckpt.get("metrics", {}),
     }
-    path = out_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    if box_cases:  # measured on the exported graphs, as the runtime will decode them
+    write_manifest(out_dir / "manifest.json", manifest)
+    if box_cases:  # measured on the exported graphs (the runner reads the manifest just written), then recorded
         from models.evaluate import choose_box_sources
 
         manifest["decoding"]["box_source"] = choose_box_sources(out_dir, box_cases)
-        path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write_manifest(out_dir / "manifest.json", manifest)
     log.info("bundle written to %s", out_dir)
     return manifest

@@ -174,7 +174,8 @@ def decode_centernet(
 
 def mask_components(mask: np.ndarray) -> np.ndarray:
     """4-connected component labels of a 2D boolean mask (0 = background): each pixel takes the largest label
-    among itself and its neighbours until nothing changes (as many rounds as the widest component's span)."""
+    among itself and its neighbours until nothing changes (as many rounds as the widest component's span).
+    numpy only: this module stays free of SimpleITK (the adapter's 3D components use it)."""
     h, w = mask.shape
     lab = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
     while True:
@@ -190,14 +191,18 @@ def mask_component_boxes(prob: np.ndarray, label: str, threshold: float, weight:
     """One box per connected component of ``prob >= threshold`` (h,w): the box of what the mask shows, scored
     by the component's peak probability times ``weight`` (the label's image or volume probability)."""
     mask = prob >= threshold
-    if not mask.any():
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         return []
-    lab = mask_components(mask)
+    # label only the mask's bounding region: it runs on every slice of every volume inside the worker
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1]
+    lab = mask_components(crop)
     boxes = []
-    for k in np.unique(lab[mask]):
+    for k in np.unique(lab[crop]):
         ys, xs = np.nonzero(lab == k)
-        peak = float(prob[ys, xs].max()) * weight
-        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+        peak = float(prob[ys + r0, xs + c0].max()) * weight
+        x0, y0, x1, y1 = float(xs.min() + c0), float(ys.min() + r0), float(xs.max() + 1 + c0), float(ys.max() + 1 + r0)
         boxes.append(DetectedBox(label, peak, x0, y0, x1, y1))
     return boxes
 
