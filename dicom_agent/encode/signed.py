@@ -25,7 +25,7 @@ from dicom_agent.dicom.codes import Code
 from dicom_agent.dicom.uids import derived_uid
 from dicom_agent.encode.equipment import CHARSET
 from dicom_agent.encode.identity import SERIES_NUMBER, copy_study_attributes, pin_timestamps
-from dicom_agent.encode.sr import QUALITATIVE_EVALUATIONS, impression_container, language_item
+from dicom_agent.encode.sr import COMMENT, QUALITATIVE_EVALUATIONS, impression_container, language_item
 from dicom_agent.errors import EncodeError
 
 FINAL_SERIES_DESCRIPTION = "Final report (verified)"
@@ -33,7 +33,6 @@ IMAGING_MEASUREMENTS = "126010"
 MEASUREMENT_GROUP = "125007"
 TRACKING_UID = "112040"
 FINDING = "121071"
-COMMENT = Code("121106", "DCM", "Comment")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Content tree as validated in dicom-outputs.md ("SR content tree"): device observ
 from CID 100, Image Library of the referenced images, Imaging Measurements with TID 1501 (study-level
 findings), TID 1410 (one per box: closed 5-point SCOORD POLYLINE on the exact source image, "Bounded by") and
 TID 1411 (one per SEG segment), then a Qualitative Evaluations container with the impression in English and
-Chinese, each TEXT tagged with Language of Content Item and Descendants (121049). highdicom has no API for
-that container, so it is appended by hand.
+Chinese, each TEXT tagged with Language of Content Item and Descendants (121049), and, when the model's free-text
+narrative disagrees with its coded findings, a Comment in the same languages saying where. highdicom has no API
+for that container, so it is appended by hand.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from dicom_agent.encode.equipment import CHARSET, contributing_equipment, device
 from dicom_agent.encode.identity import SERIES_NUMBER, ResultIdentity, copy_study_attributes, pin_timestamps
 from dicom_agent.encode.seg import EncodedSeg, SegmentInfo, coded, sort_series
 from dicom_agent.errors import EncodeError
+from dicom_agent.inference.agreement import disagreement_comment
 from dicom_agent.inference.types import Box, Finding, ModelIdentity, StudyFindings
 
 DRAFT_SERIES_DESCRIPTION = "AI Results (unverified)"
 LANGUAGE = Code("121049", "DCM", "Language of Content Item and Descendants")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 IMPRESSION = Code("121073", "DCM", "Impression")
+COMMENT = Code("121106", "DCM", "Comment")
 LATERALITY = {
     "right": Code("24028007", "SCT", "Right"),
     "left": Code("7771000", "SCT", "Left"),
@@ -91,18 +94,22 @@ def language_item(lang: str) -> hd.sr.CodeContentItem:
     )
 
 
-def impression_container(texts: dict[str, str]) -> hd.sr.ContainerContentItem | None:
-    """CONTAINS (Qualitative Evaluations): one TEXT Impression per language, each tagged with its language."""
+def impression_container(
+    texts: dict[str, str], comments: dict[str, str] | None = None
+) -> hd.sr.ContainerContentItem | None:
+    """CONTAINS (Qualitative Evaluations): one TEXT Impression per language, then one TEXT Comment per language
+    (the decoder-disagreement note), each tagged with its language."""
     items = []
-    for lang in ("en", "zh"):
-        text = (texts.get(lang) or "").strip()
-        if not text:
-            continue
-        item = hd.sr.TextContentItem(
-            name=coded(IMPRESSION), value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        item.ContentSequence = DicomSequence([language_item(lang)])
-        items.append(item)
+    for name, by_lang in ((IMPRESSION, texts), (COMMENT, comments or {})):
+        for lang in ("en", "zh"):
+            text = (by_lang.get(lang) or "").strip()
+            if not text:
+                continue
+            item = hd.sr.TextContentItem(
+                name=coded(name), value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+            item.ContentSequence = DicomSequence([language_item(lang)])
+            items.append(item)
     if not items:
         return None
     container = hd.sr.ContainerContentItem(
@@ -221,7 +228,8 @@ def build_sr(
         referenced_images=library,
     )
     root = report[0]
-    container = impression_container(findings.impression)
+    comments = {lang: disagreement_comment(findings.findings, findings.flags, lang) for lang in ("en", "zh")}
+    container = impression_container(findings.impression, {k: v for k, v in comments.items() if v})
     if container is not None:
         root.ContentSequence.append(container)
 

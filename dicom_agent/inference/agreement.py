@@ -8,6 +8,8 @@ adds that the heads did not find (on the :class:`StudyFindings`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dicom_agent.inference.parse import parse
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary
@@ -48,3 +50,49 @@ def flag_disagreements(findings: list[Finding], text: str, lang: str, vocabulary
     if study_flags or any(flag.endswith(f":{lang}") for f in present for flag in f.flags):
         study_flags.insert(0, f"decoder_disagrees:{lang}")
     return study_flags
+
+
+# The SR's comment on a disagreement, per language of the narrative it is about (the worklist shows the same flags)
+_COMMENT = {
+    "en": {
+        "intro": "AI narrative check (the coded findings are the result of record): the model's free text ",
+        "join": "; ",
+        "end": ".",
+        "decoder_omits": "omits {name}",
+        "decoder_denies": "denies {name}",
+        "decoder_location_differs": "places {name} elsewhere",
+        "decoder_adds": "also states {name}, which the detector did not find",
+    },
+    "zh": {
+        "intro": "AI 叙述核对（以编码所见为准）：模型自由文本",
+        "join": "；",
+        "end": "。",
+        "decoder_omits": "未提及{name}",
+        "decoder_denies": "否认{name}",
+        "decoder_location_differs": "所述{name}部位不同",
+        "decoder_adds": "另述{name}（检测未发现）",
+    },
+}
+
+
+def disagreement_comment(findings: Sequence[Finding], study_flags: Sequence[str], lang: str) -> str | None:
+    """One sentence in ``lang`` stating where that language's narrative disagrees with the findings, or None.
+
+    Written into the AI draft SR, so a reader outside the worklist (a viewer, the PACS) sees the same warning."""
+    words = _COMMENT.get(lang)
+    if words is None:
+        return None
+    names = {f.label: f.name_en.lower() if lang == "en" else f.name_zh for f in findings}
+    parts = []
+    for finding in findings:
+        for flag in finding.flags:
+            kind, flag_lang, _ = split_flag(flag)
+            if flag_lang == lang and kind in words:
+                parts.append(words[kind].format(name=names[finding.label]))
+    for flag in study_flags:
+        kind, flag_lang, label = split_flag(flag)
+        if kind == "decoder_adds" and flag_lang == lang:
+            parts.append(words[kind].format(name=names.get(label, label.replace("_", " "))))
+    if not parts:
+        return None
+    return words["intro"] + words["join"].join(parts) + words["end"]

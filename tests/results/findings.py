@@ -17,6 +17,7 @@ MODEL = ModelIdentity(
 )
 NODULE = Code("27925004", "SCT", "Nodule")
 PNEUMOTHORAX = Code("36118008", "SCT", "Pneumothorax")
+PLEURAL_EFFUSION = Code("60046008", "SCT", "Pleural effusion")
 EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
 LUNG = Code("39607008", "SCT", "Lung")
 UPPER_LOBE_RIGHT = Code("45653009", "SCT", "Upper lobe of right lung")
@@ -68,7 +69,8 @@ def ct_findings(ct: list[Dataset], with_mask: bool = True, probability: float = 
 
 
 def dx_findings(dx: Dataset) -> StudyFindings:
-    """A left pneumothorax with a box and a mask on the radiograph."""
+    """A left pneumothorax with a box and a mask on the radiograph; the decoder's English narrative omitted it and
+    its Chinese one stated an effusion the heads did not find (flags as ``agreement.flag_disagreements`` sets)."""
     size = int(dx.Rows)
     pixels = np.zeros((1, size, size), bool)
     pixels[0, 10:60, 80:120] = True
@@ -84,13 +86,17 @@ def dx_findings(dx: Dataset) -> StudyFindings:
         laterality="left",
         boxes=[Box(ref(dx), 80.0, 10.0, 120.0, 60.0)],
         mask=Mask(dx.SeriesInstanceUID, [ref(dx)], pixels),
+        flags=["decoder_omits:en"],
     )
+    effusion = Finding("pleural_effusion", PLEURAL_EFFUSION, "Pleural effusion", "胸腔积液", 0.12, False)
     return StudyFindings(
         study_instance_uid=str(dx.StudyInstanceUID),
         model=MODEL,
-        findings=[finding],
+        findings=[finding, effusion],
         impression={"en": "Left pneumothorax.", "zh": "左侧气胸。"},
+        narrative={"en": "No abnormality detected.", "zh": "左侧气胸。左侧胸腔积液。"},
         series_uids=[str(dx.SeriesInstanceUID)],
+        flags=["decoder_disagrees:en", "decoder_disagrees:zh", "decoder_adds:zh:pleural_effusion"],
     )
 
 

@@ -33,14 +33,15 @@ def group_templates(path: Path) -> list[str]:
     return out
 
 
-def impressions(path: Path) -> dict[str, str]:
-    """language code → impression text, read back from the file."""
+def impressions(path: Path, concept: str = "121073") -> dict[str, str]:
+    """language code → impression text (or the TEXT items of another ``concept``), read back from the file."""
     ds = dcmread(path)
     container = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375")
     out = {}
     for item in container.ContentSequence:
-        lang = item.ContentSequence[0].ConceptCodeSequence[0].CodeValue
-        out[lang] = item.TextValue
+        if item.ConceptNameCodeSequence[0].CodeValue == concept:
+            lang = item.ContentSequence[0].ConceptCodeSequence[0].CodeValue
+            out[lang] = item.TextValue
     return out
 
 
@@ -148,6 +149,20 @@ def test_chinese_text_round_trips(any_case: Case) -> None:
     assert any_case.sources[0].SpecificCharacterSet == "ISO_IR 100"  # a Latin-1 source must not leak its charset
     texts = impressions(any_case.one("sr"))
     assert texts == {"en-US": any_case.findings.impression["en"], "zh-CN": any_case.findings.impression["zh"]}
+
+
+def test_decoder_disagreement_is_a_comment_in_both_languages(dx_case: Case, ct_case: Case) -> None:
+    """The DX case's narrative omitted the pneumothorax (EN) and added an effusion (ZH): the SR says so, in the
+    language of the narrative concerned, after the impressions; a case without disagreement has no comment."""
+    comments = impressions(dx_case.one("sr"), "121106")
+    assert comments == {
+        "en-US": "AI narrative check (the coded findings are the result of record): the model's free text omits "
+        "pneumothorax.",
+        "zh-CN": "AI 叙述核对（以编码所见为准）：模型自由文本另述胸腔积液（检测未发现）。",
+    }
+    assert impressions(ct_case.one("sr"), "121106") == {}
+    dump = V.dsrdump(dx_case.one("sr"))
+    assert "胸腔积液" in dump and "??" not in dump
 
 
 def test_dsrdump_prints_chinese(ct_case: Case) -> None:

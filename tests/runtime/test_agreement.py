@@ -1,0 +1,58 @@
+"""The decoder's narrative against the heads: flags from the parsed text, and the SR comment built from them."""
+
+from __future__ import annotations
+
+from dicom_agent.dicom.codes import Code
+from dicom_agent.inference.agreement import disagreement_comment, flag_disagreements
+from dicom_agent.inference.render import render
+from dicom_agent.inference.types import Finding
+from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
+
+VOCAB: Vocabulary = project_vocabulary()
+
+
+def _finding(label: str, location: str | None = None, present: bool = True) -> Finding:
+    spec = VOCAB.labels[label]
+    loc = VOCAB.location(location)
+    return Finding(
+        label=label,
+        code=Code(*spec.code),
+        name_en=spec.name_en,
+        name_zh=spec.name_zh,
+        probability=0.9 if present else 0.1,
+        present=present,
+        location=location,
+        laterality=loc.laterality if loc else None,
+    )
+
+
+def test_a_narrative_that_states_the_findings_raises_no_flag_and_no_comment() -> None:
+    findings = [_finding("nodule", "right_upper_lobe"), _finding("mass", present=False)]
+    texts = render(findings, ("en", "zh"), VOCAB)
+    study_flags = [flag for lang in ("en", "zh") for flag in flag_disagreements(findings, texts[lang], lang, VOCAB)]
+    assert study_flags == [] and findings[0].flags == []
+    assert disagreement_comment(findings, study_flags, "en") is None
+    assert disagreement_comment(findings, study_flags, "zh") is None
+
+
+def test_each_kind_of_disagreement_is_flagged_and_stated_in_its_own_language() -> None:
+    nodule, effusion = _finding("nodule", "right_upper_lobe"), _finding("pleural_effusion", "left_pleura")
+    consolidation = _finding("consolidation", "left_lower_lobe")
+    findings = [nodule, effusion, consolidation, _finding("mass", present=False)]
+    en = "Nodule in the left upper lobe. No pleural effusion. Mass in the right lower lobe."
+    zh = "右肺上叶见结节。左侧胸腔积液。左肺下叶见实变。"
+    flags = flag_disagreements(findings, en, "en", VOCAB) + flag_disagreements(findings, zh, "zh", VOCAB)
+    assert flags == ["decoder_disagrees:en", "decoder_adds:en:mass"]
+    assert nodule.flags == ["decoder_location_differs:en"]
+    assert effusion.flags == ["decoder_denies:en"] and consolidation.flags == ["decoder_omits:en"]
+    assert disagreement_comment(findings, flags, "en") == (
+        "AI narrative check (the coded findings are the result of record): the model's free text places nodule "
+        "elsewhere; denies pleural effusion; omits consolidation; also states mass, which the detector did not find."
+    )
+    assert disagreement_comment(findings, flags, "zh") is None  # the Chinese narrative agreed
+    assert disagreement_comment(findings, flags, "fr") is None
+
+
+def test_an_added_label_outside_the_study_findings_is_named_by_its_key() -> None:
+    comment = disagreement_comment([_finding("nodule")], ["decoder_adds:zh:pleural_effusion"], "zh")
+    assert comment == "AI 叙述核对（以编码所见为准）：模型自由文本另述pleural effusion（检测未发现）。"
