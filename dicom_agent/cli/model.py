@@ -32,8 +32,15 @@ def train(
     cases_cxr: Annotated[int | None, typer.Option(min=8, help="training radiographs")] = None,
     cases_volume: Annotated[int | None, typer.Option(min=4, help="training volumes per modality (CT, PET)")] = None,
     threads: Annotated[int, typer.Option(min=1)] = 2,
+    stage1_from: Annotated[
+        Path | None,
+        typer.Option(help="run directory whose stage-1 model (stage1.pt) to train stage 2 on, instead of stage 1"),
+    ] = None,
+    context: Annotated[
+        bool | None, typer.Option("--context/--no-context", help="findings text in the decoder prompts (stage 2)")
+    ] = None,
 ) -> None:
-    """Two-stage training budgeted by steps; writes checkpoint.pt, tokenizer.json, history.json."""
+    """Two-stage training budgeted by steps; writes checkpoint.pt, stage1.pt, tokenizer.json, history.json."""
     _logging()
     try:
         from models.train import TrainConfig
@@ -52,7 +59,11 @@ def train(
     if cases_volume is not None:
         cfg.n_ct = cfg.n_pet = cases_volume
         cfg.n_val = min(cfg.n_val, cases_volume)
-    ckpt = run_train(cfg, out_dir)
+    if context is not None:
+        cfg.context = context
+    if stage1_from is not None and not (stage1_from / "stage1.pt").is_file():
+        fail(f"{stage1_from} has no stage1.pt (a run of this version of `dicom-agent model train` writes one)")
+    ckpt = run_train(cfg, out_dir, stage1_from)
     out(f"checkpoint {ckpt}")
 
 

@@ -11,14 +11,10 @@ from models.train import TrainConfig
 SMALL_NET = {"d": 64, "heads": 4, "enc_layers": 1, "dec_layers": 2, "max_len": 96}
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_config() -> TrainConfig:
     """A step-budgeted smoke training (4 + 3 steps) of a small network on a handful of phantoms, with the
-    findings text in the stage-2 prompts (off in the shipped recipe) so that path is exported and checked."""
-    from models.train import train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
+    findings text in the stage-2 prompts so that path is exported and checked."""
+    return TrainConfig(
         steps1=4,
         steps2=3,
         n_cxr=12,
@@ -31,7 +27,14 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         net=SMALL_NET,
         context=True,
     )
-    train(cfg, out)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(smoke_config(), out)
     return out
 
 

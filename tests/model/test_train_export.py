@@ -33,6 +33,28 @@ def test_smoke_training_writes_a_checkpoint_with_finite_losses(smoke_run: Path) 
     assert (state["coarse_std"] != 1).any(dim=1).all() and (state["coarse_mean"] != 0).any(dim=1).all()
 
 
+def test_stage2_on_another_runs_stage1_gives_the_full_runs_model(smoke_run: Path, tmp_path: Path) -> None:
+    """``stage1_from`` is how decoder recipes are tried on a fixed vision side: it must give exactly what the
+    full recipe gives, or a bundle made that way would not be what ``dicom-agent model train`` reproduces."""
+    from models.train import train
+
+    from tests.model.conftest import smoke_config
+
+    train(smoke_config(), tmp_path, stage1_from=smoke_run)
+    full = torch.load(smoke_run / "checkpoint.pt", weights_only=False)
+    split = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert split["training"]["stage1_from"] == str(smoke_run)
+    assert split["state_dict"].keys() == full["state_dict"].keys()
+    differ = [k for k, v in full["state_dict"].items() if not torch.equal(v, split["state_dict"][k])]
+    assert differ == []
+    assert split["thresholds"] == full["thresholds"]
+    # stage 2 did train: the decoder is not the stage-1 decoder
+    stage1 = torch.load(smoke_run / "stage1.pt", weights_only=False)["state_dict"]
+    assert not torch.equal(stage1["decoder.tok.weight"], full["state_dict"]["decoder.tok.weight"])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history == json.loads((smoke_run / "history.json").read_text())
+
+
 def _dims(model_path: Path) -> dict[str, list[str | int]]:
     graph = onnx.load(str(model_path)).graph
     return {
