@@ -49,7 +49,7 @@ class TrainConfig:
 
     seed: int = 0
     steps1: int = 2800
-    steps2: int = 600
+    steps2: int = 1200
     n_cxr: int = 2000
     n_ct: int = 300
     n_pet: int = 300
@@ -61,10 +61,13 @@ class TrainConfig:
     report_share: float = 0.15  # stage-2 steps on narrative reports (VQA the rest); the text of record is rendered
     # stage-2 prompts start with the findings text (ground truth rendered like the runtime renders the heads);
     # each finding's side/location and size are dropped with this probability (the runtime cannot always give
-    # them). Off in the shipped recipe: with it on (session-4 experiment, docs/model.md) answers bound to the
-    # heads, whose errors then cost more than the answer prior
-    context: bool = False
+    # them). On since bundle 0.6.0: with the heads of 0.5.0 it took VQA above the answer prior on every kind
+    # (session 8, docs/model.md); with the weaker heads of session 4 the bound answers had fallen below it
+    context: bool = True
     context_drop: float = 0.15
+    # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
+    # presence questions (a dozen per radiograph) drowned the few location / size / side questions
+    qa_balance: bool = True
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
@@ -289,6 +292,18 @@ def stage1(
     return history
 
 
+def pick_question(
+    qa: Sequence[tuple[str, str, str, str]], rng: np.random.Generator, balance: bool
+) -> tuple[str, str, str, str]:
+    """One (lang, question, answer, kind) of a case; with ``balance``, a kind first (uniformly), then a question."""
+    if not balance:
+        return qa[int(rng.integers(len(qa)))]
+    kinds = sorted({item[3] for item in qa})
+    kind = kinds[int(rng.integers(len(kinds)))]
+    of_kind = [item for item in qa if item[3] == kind]
+    return of_kind[int(rng.integers(len(of_kind)))]
+
+
 @torch.no_grad()
 def vision_features(model: UnifiedModel, samples: list[Sample], batch: int = 32) -> dict[str, torch.Tensor]:
     """Frozen-encoder inputs of the decoder memory for every sample: tokens, label features, probabilities and
@@ -340,7 +355,7 @@ def stage2(
                 context = findings_text(facts, lang) if facts is not None else None
                 ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
             else:
-                lang, q, a, _ = s.qa[int(rng.integers(len(s.qa)))]
+                lang, q, a, _ = pick_question(s.qa, rng, cfg.qa_balance)
                 context = findings_text(facts, lang, q) if facts is not None else None
                 ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
         inp, tgt = pad_batch(ex, pad, model.cfg.max_len)

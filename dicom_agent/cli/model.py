@@ -39,6 +39,9 @@ def train(
     context: Annotated[
         bool | None, typer.Option("--context/--no-context", help="findings text in the decoder prompts (stage 2)")
     ] = None,
+    qa_balance: Annotated[
+        bool | None, typer.Option("--qa-balance/--no-qa-balance", help="stage-2 questions sampled by kind")
+    ] = None,
 ) -> None:
     """Two-stage training budgeted by steps; writes checkpoint.pt, stage1.pt, tokenizer.json, history.json."""
     _logging()
@@ -61,6 +64,8 @@ def train(
         cfg.n_val = min(cfg.n_val, cases_volume)
     if context is not None:
         cfg.context = context
+    if qa_balance is not None:
+        cfg.qa_balance = qa_balance
     if stage1_from is not None and not (stage1_from / "stage1.pt").is_file():
         fail(f"{stage1_from} has no stage1.pt (a run of this version of `dicom-agent model train` writes one)")
     ckpt = run_train(cfg, out_dir, stage1_from)

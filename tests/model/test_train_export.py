@@ -37,7 +37,6 @@ def test_stage2_on_another_runs_stage1_gives_the_full_runs_model(smoke_run: Path
     """``stage1_from`` is how decoder recipes are tried on a fixed vision side: it must give exactly what the
     full recipe gives, or a bundle made that way would not be what ``dicom-agent model train`` reproduces."""
     from models.train import train
-
     from tests.model.conftest import smoke_config
 
     train(smoke_config(), tmp_path, stage1_from=smoke_run)
