@@ -349,7 +349,8 @@ def runtime_metrics(
     ``report``: the EN and ZH impressions parsed back with the per-language lexicons and compared with the
     ground truth — finding F1 (labels) and finding + location F1 ((label, place) pairs; place = location key
     of focal findings, side of non-focal ones), micro-averaged over cases, per language; EN/ZH consistency =
-    share of cases where parse(EN) == parse(ZH).
+    share of cases where parse(EN) == parse(ZH); narrative disagreement = share of cases whose decoder
+    narrative in that language disagrees with the heads (``decoder_disagrees`` — the draft SR's comment).
     ``vqa``: every question of the first ``vqa_cases`` cases asked through ``BundleAdapter.answer`` (the
     decoder's prompt carries the findings when the bundle takes them); controls: the same questions about a
     blank image (the model input replaced by zeros, findings and all) and about the previous case's image."""
@@ -366,6 +367,7 @@ def runtime_metrics(
     vocab = adapter.vocabulary
     counts = {lang: {"f": [0, 0, 0], "fl": [0, 0, 0]} for lang in ("en", "zh")}  # tp, fp, fn
     consistent = 0
+    disagreeing = dict.fromkeys(("en", "zh"), 0)
     tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
     previous = None
     for i in range(max(report_cases, vqa_cases)):
@@ -376,7 +378,7 @@ def runtime_metrics(
         study = StudyInput(
             written.study_instance_uid, [SeriesInput(written.series_instance_uid, modality, written.files)]
         )
-        analysis = adapter.analyse(study)
+        analysis = adapter.analyse(study, narrative=i < report_cases)
         if i < vqa_cases:
             qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
             runs = [("vqa", analysis)]
@@ -411,6 +413,8 @@ def runtime_metrics(
                 c[1] += len(got - truth)
                 c[2] += len(truth - got)
         consistent += int(parsed["en"] == parsed["zh"])
+        for lang in disagreeing:
+            disagreeing[lang] += int(f"decoder_disagrees:{lang}" in result.flags)
 
     def f1(c: list[int]) -> float:
         return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
@@ -422,6 +426,7 @@ def runtime_metrics(
             "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
             "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
             "consistency": consistent / report_cases,
+            "narrative_disagreement": {lang: n / report_cases for lang, n in disagreeing.items()},
         }
     if vqa_cases:
         out["vqa"] = tallies["vqa"].summary() | {"cases": vqa_cases}
@@ -533,16 +538,18 @@ def format_tables(metrics: dict[str, Any]) -> str:
     if any("report" in m for m in metrics["modalities"].values()):
         lines += [
             "",
-            "| modality | rendered text: cases | finding F1 EN / ZH | finding+location F1 EN / ZH | EN=ZH |",
-            "|---|---|---|---|---|",
+            "| modality | rendered text: cases | finding F1 EN / ZH | finding+location F1 EN / ZH | EN=ZH | "
+            "narrative≠heads EN / ZH |",
+            "|---|---|---|---|---|---|",
         ]
         for kind, m in metrics["modalities"].items():
             if "report" in m:
                 r = m["report"]
+                nd = r.get("narrative_disagreement", {})
                 lines.append(
                     f"| {kind} | {r['n']} | {_fmt(r['finding_f1']['en'])} / {_fmt(r['finding_f1']['zh'])} | "
                     f"{_fmt(r['finding_location_f1']['en'])} / {_fmt(r['finding_location_f1']['zh'])} | "
-                    f"{_fmt(r['consistency'])} |"
+                    f"{_fmt(r['consistency'])} | {_fmt(nd.get('en'))} / {_fmt(nd.get('zh'))} |"
                 )
     lines += ["", "| modality | VQA by question kind |", "|---|---|"]
     for kind, m in metrics["modalities"].items():

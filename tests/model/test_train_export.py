@@ -183,3 +183,14 @@ def test_int8_variant_quantizes_the_matmuls_and_stays_near_fp32(
     # quantized (not bit-identical), yet the same model: the smoke run's seg maps correlate at 0.9995 (fp32 on
     # other random images: 0.83); its probabilities, barely trained, are too flat to tell the two apart
     assert not np.array_equal(a, b) and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_runtime_metrics_report_how_often_the_narrative_disagrees(smoke_bundle: Path, tmp_path: Path) -> None:
+    """The rendered-text metrics run the decoder narrative too and report, per language, the share of cases the
+    draft SR would carry a disagreement comment for; the VQA-only cases do not decode a narrative."""
+    from models.evaluate import runtime_metrics
+
+    m = runtime_metrics(smoke_bundle, "pet", 900_000, tmp_path, report_cases=2, vqa_cases=1, controls=False)
+    shares = m["report"]["narrative_disagreement"]
+    assert set(shares) == {"en", "zh"}
+    assert all(v in (0.0, 0.5, 1.0) for v in shares.values())
