@@ -58,6 +58,7 @@ _COMMENT = {
         "intro": "AI narrative check (the coded findings are the result of record): the model's free text ",
         "join": "; ",
         "end": ".",
+        "where": "{name} ({where})",
         "decoder_omits": "omits {name}",
         "decoder_denies": "denies {name}",
         "decoder_location_differs": "places {name} elsewhere",
@@ -67,6 +68,7 @@ _COMMENT = {
         "intro": "AI 叙述核对（以编码所见为准）：模型自由文本",
         "join": "；",
         "end": "。",
+        "where": "{name}（{where}）",
         "decoder_omits": "未提及{name}",
         "decoder_denies": "否认{name}",
         "decoder_location_differs": "所述{name}部位不同",
@@ -78,21 +80,25 @@ _COMMENT = {
 def disagreement_comment(findings: Sequence[Finding], study_flags: Sequence[str], lang: str) -> str | None:
     """One sentence in ``lang`` stating where that language's narrative disagrees with the findings, or None.
 
-    Written into the AI draft SR, so a reader outside the worklist (a viewer, the PACS) sees the same warning."""
+    Written into the AI draft SR, so a reader outside the worklist (a viewer, the PACS) sees the same warning.
+    A finding is named with its location when it has one (two nodules are two different statements); a
+    statement is made once."""
     words = _COMMENT.get(lang)
     if words is None:
         return None
     names = {f.label: f.name_en.lower() if lang == "en" else f.name_zh for f in findings}
-    parts = []
+    parts: list[str] = []
     for finding in findings:
+        where = finding.location_en if lang == "en" else finding.location_zh
+        name = words["where"].format(name=names[finding.label], where=where) if where else names[finding.label]
         for flag in finding.flags:
             kind, flag_lang, _ = split_flag(flag)
             if flag_lang == lang and kind in words:
-                parts.append(words[kind].format(name=names[finding.label]))
+                parts.append(words[kind].format(name=name))
     for flag in study_flags:
         kind, flag_lang, label = split_flag(flag)
         if kind == "decoder_adds" and flag_lang == lang:
             parts.append(words[kind].format(name=names.get(label, label.replace("_", " "))))
     if not parts:
         return None
-    return words["intro"] + words["join"].join(parts) + words["end"]
+    return words["intro"] + words["join"].join(dict.fromkeys(parts)) + words["end"]

@@ -22,6 +22,8 @@ def _finding(label: str, location: str | None = None, present: bool = True) -> F
         probability=0.9 if present else 0.1,
         present=present,
         location=location,
+        location_en=loc.name_en if loc else None,
+        location_zh=loc.name_zh if loc else None,
         laterality=loc.laterality if loc else None,
     )
 
@@ -47,7 +49,8 @@ def test_each_kind_of_disagreement_is_flagged_and_stated_in_its_own_language() -
     assert effusion.flags == ["decoder_denies:en"] and consolidation.flags == ["decoder_omits:en"]
     assert disagreement_comment(findings, flags, "en") == (
         "AI narrative check (the coded findings are the result of record): the model's free text places nodule "
-        "elsewhere; denies pleural effusion; omits consolidation; also states mass, which the detector did not find."
+        "(right upper lobe) elsewhere; denies pleural effusion (left pleura); omits consolidation (left lower lobe); "
+        "also states mass, which the detector did not find."
     )
     assert disagreement_comment(findings, flags, "zh") is None  # the Chinese narrative agreed
     assert disagreement_comment(findings, flags, "fr") is None
@@ -56,3 +59,13 @@ def test_each_kind_of_disagreement_is_flagged_and_stated_in_its_own_language() -
 def test_an_added_label_outside_the_study_findings_is_named_by_its_key() -> None:
     comment = disagreement_comment([_finding("nodule")], ["decoder_adds:zh:pleural_effusion"], "zh")
     assert comment == "AI 叙述核对（以编码所见为准）：模型自由文本另述pleural effusion（检测未发现）。"
+
+
+def test_each_statement_is_made_once_and_findings_are_told_apart_by_location() -> None:
+    """Two lesions of one label flagged alike read as two statements only when their locations differ."""
+    upper, lower = _finding("nodule", "right_upper_lobe"), _finding("nodule", "right_lower_lobe")
+    twin = _finding("nodule", "right_upper_lobe")
+    for f in (upper, lower, twin):
+        f.flags.append("decoder_omits:zh")
+    comment = disagreement_comment([upper, lower, twin], [], "zh")
+    assert comment == "AI 叙述核对（以编码所见为准）：模型自由文本未提及结节（右肺上叶）；未提及结节（右肺下叶）。"
