@@ -11,7 +11,7 @@ for that container, so it is appended by hand.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import highdicom as hd
@@ -95,7 +95,7 @@ def language_item(lang: str) -> hd.sr.CodeContentItem:
 
 
 def impression_container(
-    texts: dict[str, str], comments: dict[str, str] | None = None
+    texts: Mapping[str, str | None], comments: Mapping[str, str | None] | None = None
 ) -> hd.sr.ContainerContentItem | None:
     """CONTAINS (Qualitative Evaluations): one TEXT Impression per language, then one TEXT Comment per language
     (the decoder-disagreement note), each tagged with its language."""
@@ -229,7 +229,7 @@ def build_sr(
     )
     root = report[0]
     comments = {lang: disagreement_comment(findings.findings, findings.flags, lang) for lang in ("en", "zh")}
-    container = impression_container(findings.impression, {k: v for k, v in comments.items() if v})
+    container = impression_container(findings.impression, comments)
     if container is not None:
         root.ContentSequence.append(container)
 

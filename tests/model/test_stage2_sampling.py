@@ -9,18 +9,17 @@ import numpy as np
 from models.synthetic import make_case
 from models.train import pick_question
 
+QA = [(q.lang, q.question, q.answer, q.kind) for q in make_case("cxr", 1_002).qa]  # a case with a focal finding
+
 
 def _kinds(balance: bool, draws: int = 4000) -> Counter[str]:
-    case = make_case("cxr", 1_002)
-    qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
-    assert {"presence", "location"} <= {item[3] for item in qa}, "the case must have a focal finding"
+    assert {"presence", "location"} <= {item[3] for item in QA}, "the case must have a focal finding"
     rng = np.random.default_rng(0)
-    return Counter(pick_question(qa, rng, balance)[3] for _ in range(draws))
+    return Counter(pick_question(QA, rng, balance)[3] for _ in range(draws))
 
 
 def test_balanced_sampling_gives_each_question_kind_an_equal_share() -> None:
-    case = make_case("cxr", 1_002)
-    kinds = {q.kind for q in case.qa}
+    kinds = {item[3] for item in QA}
     counts = _kinds(balance=True)
     assert set(counts) == kinds
     share = 4000 / len(kinds)
