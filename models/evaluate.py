@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,12 @@ import torch.nn.functional as F
 
 from models.dataset import Sample, collate, make_samples
 from models.export import write_manifest
-from models.labels import KINDS, LABEL_KEYS, label_mask
+from models.labels import LABEL_KEYS, label_mask
 from models.network import UnifiedModel
-from models.train import VAL_SEED
 
 log = logging.getLogger(__name__)
 
 EVAL_SEED = 900_000  # held out: training uses 1_000.., validation 500_000..
-BOX_SOURCES = ("heatmap", "mask")
-BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
 YES = {"yes", "是"}
 NO = {"no", "否"}
 
@@ -169,70 +167,60 @@ def corrupt(images: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarr
 
 
 # ---- running the bundle -----------------------------------------------------------------------------------
-def run_bundle(
-    runner: Any, samples: list[Sample], images: np.ndarray | None = None, box_source: str | None = None
-) -> list[dict[str, Any]]:
-    """Raw per-case outputs: probabilities (L,), detections [(score, key, label, box)], seg (bool), relevance.
-    Boxes as the runtime decodes them (``box_source`` forces "heatmap" or "mask" for every label)."""
+def raw_outputs(runner: Any, samples: list[Sample], images: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    """The graphs' outputs per case, undecoded (probabilities, heatmaps, segmentation probabilities, ...):
+    :mod:`models.decoding` chooses the decoding settings on them, :func:`decode` applies them."""
     from dicom_agent.inference.onnx_runner import MODALITY_INDEX
 
     kind = samples[0].kind
     imgs = np.stack([s.image.astype(np.float32) for s in samples]) if images is None else images
-    outs: list[dict[str, Any]] = []
     if kind == "cxr":
         for i in range(0, len(samples), 16):
             o = runner._run("enc2d", {"image": imgs[i : i + 16, None]})
             for j in range(o["probs"].shape[0]):
-                heads = o["heatmap"][j], o["size"][j], o["offset"][j]
-                dets = runner.boxes(kind, *heads, o["seg"][j], o["probs"][j], 0.02, 10, box_source)
-                outs.append(
-                    {
-                        "probs": o["probs"][j],
-                        "dets": [(b.score, -1, b.label, (b.x0, b.y0, b.x1, b.y1)) for b in dets],
-                        "seg": o["seg"][j] >= 0.5,
-                    }
-                )
-    else:
-        for i in range(len(samples)):
-            o = runner._run(
-                "enc3d", {"volume": imgs[i : i + 1], "modality": np.array([MODALITY_INDEX[kind]], np.int64)}
-            )
-            slice_dets: list[tuple[float, int, str, tuple[float, float, float, float]]] = []
-            for z in range(imgs.shape[1]):
-                heads = o["heatmap"][0, z], o["size"][0, z], o["offset"][0, z]
-                for b in runner.boxes(kind, *heads, o["seg"][0, z], o["probs"][0], 0.02, 5, box_source):
-                    slice_dets.append((b.score, z, b.label, (b.x0, b.y0, b.x1, b.y1)))
-            outs.append(
-                {
-                    "probs": o["probs"][0],
-                    "dets": slice_dets,
-                    "seg": np.moveaxis(o["seg"][0], 1, 0) >= 0.5,  # (L,D,s,s)
-                    "relevance": o["relevance"][0],
-                    "top": o["top_slices"][0],
-                }
-            )
-    return outs
+                yield {k: o[k][j] for k in ("probs", "heatmap", "size", "offset", "seg")}
+        return
+    for i in range(len(samples)):
+        o = runner._run("enc3d", {"volume": imgs[i : i + 1], "modality": np.array([MODALITY_INDEX[kind]], np.int64)})
+        yield {k: o[k][0] for k in ("probs", "heatmap", "size", "offset", "seg", "relevance")} | {
+            "top": o["top_slices"][0]
+        }
 
 
-def choose_box_sources(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, dict[str, str]]:
-    """Per kind and focal label, "mask" where boxes from the segmentation's components reach a higher AP@0.5
-    than the CenterNet peaks on validation phantoms (by more than ``BOX_SOURCE_MARGIN``), else "heatmap".
-    Measured on bundle 0.4.0's PET lesions: AP 0.25 from the peaks of an 8 x 8 slice grid, 0.61 from the masks."""
-    from dicom_agent.inference.onnx_runner import BundleRunner
+def decode(runner: Any, kind: str, raw: dict[str, Any], box_source: str | None = None) -> dict[str, Any]:
+    """One case's raw outputs as the runtime decodes them: probabilities (L,), detections
+    [(score, slice or -1, label, box)], seg (bool, label axis first) at each label's mask threshold, and for
+    volumes the slice relevance and top slices. ``box_source`` forces "heatmap" or "mask" for every label."""
+    if kind == "cxr":
+        heads = raw["heatmap"], raw["size"], raw["offset"]
+        masks = runner.binarize(kind, raw["seg"], axis=0)
+        dets = runner.boxes(kind, *heads, raw["seg"], raw["probs"], 0.02, 10, box_source, masks)
+        return {
+            "probs": raw["probs"],
+            "dets": [(b.score, -1, b.label, (b.x0, b.y0, b.x1, b.y1)) for b in dets],
+            "seg": masks,
+        }
+    masks = runner.binarize(kind, raw["seg"], axis=1)  # (D,L,s,s)
+    slice_dets: list[tuple[float, int, str, tuple[float, float, float, float]]] = []
+    for z in range(raw["seg"].shape[0]):
+        heads = raw["heatmap"][z], raw["size"][z], raw["offset"][z]
+        for b in runner.boxes(kind, *heads, raw["seg"][z], raw["probs"], 0.02, 5, box_source, masks[z]):
+            slice_dets.append((b.score, z, b.label, (b.x0, b.y0, b.x1, b.y1)))
+    return {
+        "probs": raw["probs"],
+        "dets": slice_dets,
+        "seg": np.moveaxis(masks, 1, 0),  # (L,D,s,s)
+        "relevance": raw["relevance"],
+        "top": raw["top"],
+    }
 
-    runner = BundleRunner(bundle, device="cpu")
-    chosen: dict[str, dict[str, str]] = {}
-    for kind in KINDS:
-        samples = make_samples(kind, cases, seed)
-        ap = {src: structured_metrics(samples, run_bundle(runner, samples, box_source=src), {}) for src in BOX_SOURCES}
-        for key, entry in ap["heatmap"]["per_label"].items():
-            if entry.get("ap50") is None:
-                continue
-            by_mask = ap["mask"]["per_label"][key]["ap50"]
-            if by_mask > entry["ap50"] + BOX_SOURCE_MARGIN:
-                chosen.setdefault(kind, {})[key] = "mask"
-            log.info("box source %s %s: AP heatmap %.3f, mask %.3f", kind, key, entry["ap50"], by_mask)
-    return chosen
+
+def run_bundle(
+    runner: Any, samples: list[Sample], images: np.ndarray | None = None, box_source: str | None = None
+) -> list[dict[str, Any]]:
+    """Decoded per-case outputs (see :func:`decode`) of ``samples``, or of ``images`` standing in for theirs."""
+    kind = samples[0].kind
+    return [decode(runner, kind, raw, box_source) for raw in raw_outputs(runner, samples, images)]
 
 
 def structured_metrics(

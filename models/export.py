@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.6.0"
+BUNDLE_VERSION = "0.6.1"
 OPSET = 18
 
 
@@ -269,7 +269,7 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
     }
 
 
-BOX_CASES = 60  # validation phantoms per kind that choose the box source of each label
+BOX_CASES = 300  # validation phantoms per kind that choose each label's mask threshold and box source (~2 min)
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -287,7 +287,8 @@ def write_bundle(
     box_cases: int = BOX_CASES,
 ) -> dict[str, Any]:
     """Export a checkpoint into ``out_dir`` (ONNX graphs, tokenizer.json, manifest.json); returns the manifest.
-    ``box_cases`` validation phantoms per kind choose each label's box source (0: CenterNet peaks for all)."""
+    ``box_cases`` validation phantoms per kind choose each label's mask threshold and box source
+    (:mod:`models.decoding`; 0: the defaults, 0.5 and CenterNet peaks, for all)."""
     from tokenizers import Tokenizer
 
     model, ckpt = load_checkpoint(ckpt_path)
@@ -336,9 +337,8 @@ def write_bundle(
     }
     write_manifest(out_dir / "manifest.json", manifest)
     if box_cases:  # measured on the exported graphs (the runner reads the manifest just written), then recorded
-        from models.evaluate import choose_box_sources
+        from models.decoding import write_calibration
 
-        manifest["decoding"]["box_source"] = choose_box_sources(out_dir, box_cases)
-        write_manifest(out_dir / "manifest.json", manifest)
+        manifest = write_calibration(out_dir, box_cases)
     log.info("bundle written to %s", out_dir)
     return manifest

@@ -1,4 +1,4 @@
-"""``model train | export | eval``: build, export and measure the bundled model (design notes, "Command line").
+"""``model train | export | calibrate | eval``: build, export and measure the bundled model (design notes).
 
 The heavy imports (torch, the phantom generator) happen inside the commands so the CLI starts fast.
 """
@@ -80,8 +80,14 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="bundle directory")] = DEFAULT_BUNDLE,
     int8: Annotated[bool, typer.Option(help="dynamic int8 quantization of enc2d and dec_step")] = False,
     box_cases: Annotated[
-        int, typer.Option(min=0, help="validation phantoms per kind that choose each label's box source (0: peaks)")
-    ] = 60,
+        int,
+        typer.Option(
+            "--calibration-cases",
+            "--box-cases",
+            min=0,
+            help="validation phantoms per kind that choose each label's mask threshold and box source (0: defaults)",
+        ),
+    ] = 300,
 ) -> None:
     """Export ONNX graphs (opset 18, dynamic batch) + tokenizer + manifest.json into the bundle directory."""
     _logging()
@@ -93,6 +99,23 @@ def export(
     manifest = write_bundle(ckpt, tok, out_dir, int8=int8, box_cases=box_cases)
     total = sum((out_dir / f["path"]).stat().st_size for f in manifest["files"].values())
     out(f"bundle {out_dir} ({total / 1e6:.1f} MB): {', '.join(manifest['files'])}")
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Option(help="bundle directory")] = DEFAULT_BUNDLE,
+    cases: Annotated[int, typer.Option(min=5, help="validation phantoms per kind")] = 300,
+) -> None:
+    """Re-choose a bundle's decoding (mask threshold and box source per label) on validation phantoms and
+    record it in manifest.json; the graphs are unchanged, so no checkpoint is needed."""
+    _logging()
+    from models.decoding import write_calibration
+
+    decoding = write_calibration(bundle, cases)["decoding"]
+    for kind, levels in decoding["mask_thresholds"].items():
+        out(f"{kind} mask thresholds: " + ", ".join(f"{k} {v:g}" for k, v in levels.items()))
+    for kind, sources in decoding["box_source"].items():
+        out(f"{kind} boxes from masks: " + ", ".join(sources))
 
 
 @app.command("eval")

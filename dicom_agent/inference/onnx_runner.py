@@ -86,7 +86,8 @@ class Result2D:
     - ``present``: label keys whose probability >= the label's threshold (manifest) and that apply to CXR
     - ``boxes``: boxes of present labels, best first (model pixel coords): CenterNet peaks, or the mask's
       components for labels whose manifest ``decoding.box_source`` says "mask"
-    - ``masks``: label key -> bool (S,S) for present labels (segmentation probability >= 0.5)
+    - ``masks``: label key -> bool (S,S) for present labels (segmentation probability >= the label's
+      manifest threshold, ``BundleRunner.mask_threshold_of``)
     - ``mask_probs``: float32 (L,S,S) segmentation probabilities, label order of ``BundleRunner.labels``
     - ``features``: decoder cross K/V for ``generate``
     """
@@ -187,10 +188,39 @@ def mask_components(mask: np.ndarray) -> np.ndarray:
         lab = grown
 
 
-def mask_component_boxes(prob: np.ndarray, label: str, threshold: float, weight: float) -> list[DetectedBox]:
-    """One box per connected component of ``prob >= threshold`` (h,w): the box of what the mask shows, scored
-    by the component's peak probability times ``weight`` (the label's image or volume probability)."""
-    mask = prob >= threshold
+def grow_from_seeds(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` face-connected to a seed (morphological reconstruction, any number of axes):
+    hysteresis, as in edge detection, with the seeds from a high threshold and the mask from a low one."""
+    out = seeds & mask
+    while True:
+        grown = out.copy()
+        for axis in range(out.ndim):
+            for step in (1, -1):
+                grown |= np.roll(out, step, axis=axis) & _not_wrapped(out.shape, axis, step)
+        grown &= mask
+        if np.array_equal(grown, out):
+            return out
+        out = grown
+
+
+def threshold_mask(prob: np.ndarray, level: float, seed: float | None = None) -> np.ndarray:
+    """``prob >= level``; with ``seed`` above ``level``, only the parts holding a value >= ``seed``."""
+    mask = prob >= level
+    return grow_from_seeds(prob >= seed, mask) if seed is not None and level < seed else mask
+
+
+def _not_wrapped(shape: tuple[int, ...], axis: int, step: int) -> np.ndarray:
+    """False on the edge ``np.roll`` wrapped around to (so growth never jumps across the image)."""
+    keep = np.ones(shape[axis], bool)
+    keep[0 if step == 1 else -1] = False
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return keep.reshape(view)
+
+
+def mask_component_boxes(prob: np.ndarray, mask: np.ndarray, label: str, weight: float) -> list[DetectedBox]:
+    """One box per connected component of ``mask`` (h,w): the box of what the mask shows, scored by the
+    component's peak probability in ``prob`` times ``weight`` (the label's image or volume probability)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return []
@@ -258,6 +288,12 @@ class BundleRunner:
         decoding = self.manifest.get("decoding", {})
         self.box_min_score = float(decoding.get("box_min_score", 0.3))
         self.mask_threshold = float(decoding.get("mask_threshold", 0.5))
+        # per (kind, label) segmentation thresholds chosen by Dice on validation phantoms (models.decoding);
+        # labels not listed use ``mask_threshold``
+        self.mask_thresholds: dict[str, dict[str, float]] = {
+            kind: {key: float(t) for key, t in per_label.items()}
+            for kind, per_label in decoding.get("mask_thresholds", {}).items()
+        }
         # where each (kind, label)'s boxes come from: "heatmap" (CenterNet, the default) or "mask" (components
         # of the segmentation), chosen per label on validation phantoms at export (models.evaluate)
         self.box_source: dict[str, dict[str, str]] = decoding.get("box_source", {})
@@ -286,6 +322,28 @@ class BundleRunner:
         self._byte_table = _unicode_to_byte()
 
     # ---- encoders -----------------------------------------------------------------------------------------
+    def mask_threshold_of(self, kind: str, key: str) -> float:
+        """The segmentation threshold of one label on one kind of image (manifest ``decoding``)."""
+        return self.mask_thresholds.get(kind, {}).get(key, self.mask_threshold)
+
+    def binarize(self, kind: str, seg: np.ndarray, axis: int) -> np.ndarray:
+        """Segmentation probabilities -> masks, each label at its own threshold; ``axis`` is the label axis.
+
+        A focal label masked below ``mask_threshold`` keeps only the parts that hold a pixel at or above it
+        (hysteresis): its faint threshold draws a lesion's full extent, and faint blobs with no confident
+        pixel are not lesions (at 0.02 they added findings in other lobes)."""
+        shape = [1] * seg.ndim
+        shape[axis] = len(self.label_keys)
+        levels = np.asarray([self.mask_threshold_of(kind, key) for key in self.label_keys], np.float32)
+        masks = np.asarray(seg >= levels.reshape(shape))
+        for li, lab in enumerate(self.labels):
+            if lab.focal and levels[li] < self.mask_threshold:
+                index: list[int | slice] = [slice(None)] * seg.ndim
+                index[axis] = li
+                part = tuple(index)
+                masks[part] = threshold_mask(seg[part], float(levels[li]), self.mask_threshold)
+        return masks
+
     def _present(self, probs: np.ndarray, modality: str) -> list[str]:
         return [
             lab.key
@@ -305,14 +363,12 @@ class BundleRunner:
             probs = out["probs"][i]
             present = self._present(probs, "cxr")
             seg = out["seg"][i]
+            binary = self.binarize("cxr", seg, axis=0)
+            heads = out["heatmap"][i], out["size"][i], out["offset"][i]
             boxes = [
-                b
-                for b in self.boxes(
-                    "cxr", out["heatmap"][i], out["size"][i], out["offset"][i], seg, probs, self.box_min_score
-                )
-                if b.label in present
+                b for b in self.boxes("cxr", *heads, seg, probs, self.box_min_score, masks=binary) if b.label in present
             ]
-            masks = {k: seg[self.label_keys.index(k)] >= self.mask_threshold for k in present}
+            masks = {k: binary[self.label_keys.index(k)] for k in present}
             results.append(
                 Result2D(
                     probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
@@ -339,14 +395,15 @@ class BundleRunner:
         probs = out["probs"][0]
         present = self._present(probs, modality)
         seg = out["seg"][0]  # (D,L,s,s)
+        binary = self.binarize(modality, seg, axis=1)
         boxes: list[DetectedBox] = []
         for z in range(depth):
             heads = out["heatmap"][0, z], out["size"][0, z], out["offset"][0, z]
-            for b in self.boxes(modality, *heads, seg[z], probs, self.box_min_score):
+            for b in self.boxes(modality, *heads, seg[z], probs, self.box_min_score, masks=binary[z]):
                 if b.label in present:
                     boxes.append(DetectedBox(b.label, b.score, b.x0, b.y0, b.x1, b.y1, z=z))
         boxes.sort(key=lambda b: -b.score)
-        masks = {k: seg[:, self.label_keys.index(k)] >= self.mask_threshold for k in present}
+        masks = {k: binary[:, self.label_keys.index(k)] for k in present}
         return Result3D(
             probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
             present=present,
@@ -371,18 +428,23 @@ class BundleRunner:
         min_score: float,
         max_per_label: int = 5,
         source: str | None = None,
+        masks: np.ndarray | None = None,
     ) -> list[DetectedBox]:
         """Boxes of every label on one image or slice, best first: CenterNet peaks (``min_score``, at most
         ``max_per_label``) or, for labels whose manifest ``box_source`` is "mask", the components of the
         segmentation at the mask threshold (the box then outlines the mask the SEG shows), falling back to the
-        peaks where that mask is empty. ``source`` forces one way for all labels (export compares them)."""
+        peaks where that mask is empty. ``source`` forces one way for all labels (export compares them).
+        ``masks`` (L,h,w) bool: the image's masks as :meth:`binarize` made them (a volume's slice of its 3D
+        masks); by default this image's own."""
         sources = self.box_source.get(kind, {})
+        if masks is None:
+            masks = self.binarize(kind, seg, axis=0)
         peaks = decode_centernet(heat, size, offset, self.label_keys, seg.shape[-1], min_score, max_per_label)
         out: list[DetectedBox] = []
         for li, key in enumerate(self.label_keys):
             from_mask = []
             if (source or sources.get(key, "heatmap")) == "mask":
-                from_mask = mask_component_boxes(seg[li], key, self.mask_threshold, float(probs[li]))
+                from_mask = mask_component_boxes(seg[li], masks[li], key, float(probs[li]))
             out += from_mask or [b for b in peaks if b.label == key]
         out.sort(key=lambda b: -b.score)
         return out

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_agent.inference.onnx_runner import BundleRunner, mask_component_boxes, mask_components
+from dicom_agent.inference.onnx_runner import (
+    BundleRunner,
+    grow_from_seeds,
+    mask_component_boxes,
+    mask_components,
+    threshold_mask,
+)
 
 BUNDLE = Path(__file__).resolve().parents[2] / "models" / "bundled"
 
@@ -30,10 +36,10 @@ def test_component_boxes_outline_the_mask_and_score_its_peak() -> None:
     prob[6, 12] = 0.95
     prob[20:22, 20:23] = 0.6
     prob[25, 25] = 0.4  # below the mask threshold: no box
-    boxes = sorted(mask_component_boxes(prob, "nodule", 0.5, 0.5), key=lambda b: -b.score)
+    boxes = sorted(mask_component_boxes(prob, prob >= 0.5, "nodule", 0.5), key=lambda b: -b.score)
     assert [(b.x0, b.y0, b.x1, b.y1) for b in boxes] == [(10, 4, 20, 9), (20, 20, 23, 22)]
     assert boxes[0].score == pytest.approx(0.95 * 0.5) and boxes[1].score == pytest.approx(0.6 * 0.5)
-    assert mask_component_boxes(np.zeros((8, 8), np.float32), "nodule", 0.5, 1.0) == []
+    assert mask_component_boxes(np.zeros((8, 8), np.float32), np.zeros((8, 8), bool), "nodule", 1.0) == []
 
 
 def test_runner_takes_each_labels_boxes_from_its_source() -> None:
@@ -60,3 +66,59 @@ def test_runner_takes_each_labels_boxes_from_its_source() -> None:
     assert [(b.x0 + b.x1) / 2 for b in fallback if b.label == keys[0]] == [pytest.approx(4.5 * 8)]
     other_kind = runner.boxes("ct", heat, size, offset, seg, probs, 0.3)  # the choice is per kind
     assert [(b.x0 + b.x1) / 2 for b in other_kind if b.label == keys[0]] == [pytest.approx(4.5 * 8)]
+
+
+def test_each_label_is_masked_at_its_own_threshold() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    runner.mask_thresholds = {"cxr": {keys[0]: 0.02}}
+    assert runner.mask_threshold_of("cxr", keys[0]) == 0.02
+    assert runner.mask_threshold_of("ct", keys[0]) == runner.mask_threshold == 0.5
+    seg = np.full((len(keys), 4, 4), 0.03, np.float32)
+    seg[:, 0, 0] = 0.6
+    masks = runner.binarize("cxr", seg, axis=0)
+    assert masks[0].all() and masks[1].sum() == 1
+    volume = np.repeat(seg[None], 3, axis=0)  # (D,L,s,s): the label axis is 1
+    assert runner.binarize("cxr", volume, axis=1)[:, 0].all() and runner.binarize("ct", volume, axis=1)[:, 0].sum() == 3
+    runner.box_source = {"cxr": {keys[0]: "mask"}}  # mask-derived boxes outline the same mask
+    heat = np.zeros((len(keys), 1, 1), np.float32)
+    size = offset = np.zeros((2, 1, 1), np.float32)
+    boxes = runner.boxes("cxr", heat, size, offset, seg, np.ones(len(keys), np.float32), 0.3)
+    assert [(b.x0, b.y0, b.x1, b.y1) for b in boxes if b.label == keys[0]] == [(0, 0, 4, 4)]
+
+
+def test_shipped_manifest_thresholds_are_read() -> None:
+    import json
+
+    decoding = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))["decoding"]
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    assert runner.mask_thresholds == decoding.get("mask_thresholds", {})
+    for kind, levels in decoding.get("mask_thresholds", {}).items():
+        for key, level in levels.items():
+            assert 0 < level < 1 and runner.mask_threshold_of(kind, key) == level
+
+
+def test_hysteresis_keeps_the_faint_parts_that_touch_a_confident_pixel() -> None:
+    prob = np.zeros((3, 16, 16), np.float32)
+    prob[1, 2:8, 2:8] = 0.05  # a lesion's faint extent ...
+    prob[1, 4, 4] = 0.9  # ... around a confident core
+    prob[0:3, 5, 5] = 0.05  # the extent continues on the slices above and below
+    prob[1, 12:15, 12:15] = 0.05  # a faint blob with no confident pixel
+    prob[1, 0, 15] = 0.9  # a seed on the far edge must not leak across it (np.roll wraps around)
+    mask = threshold_mask(prob, 0.02, 0.5)
+    assert mask[1, 2:8, 2:8].all() and mask[:, 5, 5].all() and not mask[1, 12:15, 12:15].any()
+    assert mask.sum() == 36 + 2 + 1 and mask[1, 0, 15] and not mask[1, 0, 0]
+    assert (threshold_mask(prob, 0.02) == (prob >= 0.02)).all()  # no seed level: a plain threshold
+    assert (threshold_mask(prob, 0.6, 0.5) == (prob >= 0.6)).all()  # seeds below the level change nothing
+    assert not grow_from_seeds(np.zeros((4, 4), bool), np.ones((4, 4), bool)).any()
+
+
+def test_focal_labels_get_hysteresis_and_non_focal_labels_do_not() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    focal = next(lab.key for lab in runner.labels if lab.focal)
+    diffuse = next(lab.key for lab in runner.labels if not lab.focal)
+    runner.mask_thresholds = {"cxr": {focal: 0.02, diffuse: 0.02}}
+    seg = np.zeros((len(runner.labels), 8, 8), np.float32)
+    seg[:, 0:2, 0:2] = 0.05  # faint, no confident pixel: not a lesion, but a faint effusion is still a mask
+    masks = runner.binarize("cxr", seg, axis=0)
+    assert not masks[runner.label_keys.index(focal)].any() and masks[runner.label_keys.index(diffuse)].sum() == 4

@@ -143,3 +143,20 @@ def test_adapter_names_pet_sites_in_findings_and_text(written: tuple[Case, Volum
     assert "纵隔见" in text["zh"] and "肝脏见" in text["zh"]
     for lang in ("en", "zh"):
         assert facts(parse(text[lang], lang, vocabulary), vocabulary, with_size=False) == truth, text[lang]
+
+
+def test_a_lesion_found_only_by_its_box_is_located_like_a_mask(written: tuple[Case, Volume]) -> None:
+    """No mask component (the segmentation missed it), one detection box: the finding still gets its site."""
+    from dicom_agent.inference.onnx_runner import DetectedBox
+
+    case, volume = written
+    adapter = BundleAdapter.__new__(BundleAdapter)
+    adapter.vocabulary = load_bundle(BUNDLE, verify=False).vocabulary
+    key = "hypermetabolic_lesion"
+    for lesion in case.lesions:
+        z, y, x = _centre(volume, lesion.attrs["center_vox"])
+        box = DetectedBox(key, 0.8, x - 1.5, y - 1.5, x + 2.5, y + 2.5, z=round(z))  # pixel edges around the centre
+        empty = np.zeros_like(volume.values, dtype=bool)
+        result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: empty}, boxes=[box])
+        (finding,) = adapter._findings_3d("pet", volume, result)
+        assert finding.boxes and (finding.location, finding.laterality) == (lesion.location, lesion.laterality)

@@ -1,0 +1,53 @@
+"""Per-label mask thresholds chosen by Dice on validation phantoms (``models.decoding``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dicom_agent.inference.onnx_runner import BundleRunner
+from models.dataset import Sample
+from models.decoding import MASK_MIN_CASES, choose_mask_thresholds
+from models.labels import LABEL_KEYS
+
+FAINT, SHARP, WRONG, RARE = (LABEL_KEYS.index(k) for k in ("pneumothorax", "nodule", "pleural_effusion", "mass"))
+
+
+def _case(i: int, labels: list[int]) -> tuple[Sample, dict[str, np.ndarray]]:
+    """A radiograph whose segmentation is faint but right for one label, sharp for another, misplaced for a
+    third; each finding is a square at a position that moves with ``i``."""
+    cls = np.zeros((32, 64), np.uint8)
+    seg = np.zeros((len(LABEL_KEYS), 32, 64), np.float32)
+    for k, li in enumerate(labels):
+        r, c = 2 + (li * 3 + i) % 20, 2 + 14 * k  # each label in its own columns
+        cls[r : r + 6, c : c + 6] = li + 1
+        if li == FAINT:  # right place, probabilities 0.03
+            seg[li, r : r + 6, c : c + 6] = 0.03
+        elif li == WRONG:  # confident and elsewhere
+            seg[li, r : r + 6, 50:56] = 0.9
+        else:  # confident and right, a faint halo around it
+            seg[li, r - 1 : r + 7, c - 1 : c + 7] = 0.04
+            seg[li, r : r + 6, c : c + 6] = 0.8
+    present = np.zeros(len(LABEL_KEYS), np.float32)
+    present[labels] = 1.0
+    sample = Sample("cxr", i, np.zeros((32, 64), np.float16), cls, present, [], {}, [])
+    return sample, {"seg": seg}
+
+
+def test_thresholds_follow_the_dice_of_each_label() -> None:
+    cases = [_case(i, [FAINT, SHARP, WRONG]) for i in range(8)] + [_case(i, [RARE]) for i in range(MASK_MIN_CASES - 1)]
+    chosen, table = choose_mask_thresholds([c[0] for c in cases], [c[1] for c in cases], 0.5)
+    faint = LABEL_KEYS[FAINT]
+    assert chosen[faint] <= 0.03 and table[faint]["0.5"] == 0.0 and table[faint][f"{chosen[faint]:g}"] == 1.0
+    assert LABEL_KEYS[SHARP] not in chosen and table[LABEL_KEYS[SHARP]]["0.5"] == 1.0  # the default is best: kept
+    assert LABEL_KEYS[WRONG] not in chosen and max(table[LABEL_KEYS[WRONG]].values()) == 0.0  # nothing to gain
+    assert LABEL_KEYS[RARE] not in table  # too few validation cases show it
+
+
+def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -> None:
+    decoding = json.loads((smoke_bundle / "manifest.json").read_text(encoding="utf-8"))["decoding"]
+    assert set(decoding["calibration"]["mask_dice"]) == {"cxr", "ct", "pet"}
+    runner = BundleRunner(smoke_bundle, device="cpu")
+    assert runner.mask_thresholds == decoding["mask_thresholds"]
