@@ -14,9 +14,7 @@ import typer
 
 from dicom_agent.cli.common import fail, out
 from dicom_agent.config import Settings
-from dicom_agent.inference.types import StudyInput
-
-LANGUAGES = ("en", "zh")
+from dicom_agent.inference.types import LANGUAGES, StudyInput
 
 
 class AskError(Exception):

@@ -34,7 +34,7 @@ from dicom_agent.encode.identity import SERIES_NUMBER, ResultIdentity, copy_stud
 from dicom_agent.encode.seg import EncodedSeg, SegmentInfo, coded, sort_series
 from dicom_agent.errors import EncodeError
 from dicom_agent.inference.agreement import disagreement_comment
-from dicom_agent.inference.types import Box, Finding, ModelIdentity, StudyFindings
+from dicom_agent.inference.types import LANGUAGES, Box, Finding, ModelIdentity, StudyFindings
 
 DRAFT_SERIES_DESCRIPTION = "AI Results (unverified)"
 LANGUAGE = Code("121049", "DCM", "Language of Content Item and Descendants")
@@ -101,7 +101,7 @@ def impression_container(
     (the decoder-disagreement note), each tagged with its language."""
     items = []
     for name, by_lang in ((IMPRESSION, texts), (COMMENT, comments or {})):
-        for lang in ("en", "zh"):
+        for lang in LANGUAGES:
             text = (by_lang.get(lang) or "").strip()
             if not text:
                 continue
@@ -228,7 +228,7 @@ def build_sr(
         referenced_images=library,
     )
     root = report[0]
-    comments = {lang: disagreement_comment(findings.findings, findings.flags, lang) for lang in ("en", "zh")}
+    comments = {lang: disagreement_comment(findings.findings, findings.flags, lang) for lang in LANGUAGES}
     container = impression_container(findings.impression, comments)
     if container is not None:
         root.ContentSequence.append(container)

@@ -52,23 +52,30 @@ def flag_disagreements(findings: list[Finding], text: str, lang: str, vocabulary
     return study_flags
 
 
-# The SR's comment on a disagreement, per language of the narrative it is about (the worklist shows the same flags)
-_COMMENT = {
+# The SR's comment on a disagreement, per language of the narrative it is about (the worklist shows the same
+# flags): the sentence around the statements, and one statement per flag kind
+_FRAME = {
     "en": {
         "intro": "AI narrative check (the coded findings are the result of record): the model's free text ",
         "join": "; ",
         "end": ".",
         "where": "{name} ({where})",
-        "decoder_omits": "omits {name}",
-        "decoder_denies": "denies {name}",
-        "decoder_location_differs": "places {name} elsewhere",
-        "decoder_adds": "also states {name}, which the detector did not find",
     },
     "zh": {
         "intro": "AI 叙述核对（以编码所见为准）：模型自由文本",
         "join": "；",
         "end": "。",
         "where": "{name}（{where}）",
+    },
+}
+_STATEMENT = {
+    "en": {
+        "decoder_omits": "omits {name}",
+        "decoder_denies": "denies {name}",
+        "decoder_location_differs": "places {name} elsewhere",
+        "decoder_adds": "also states {name}, which the detector did not find",
+    },
+    "zh": {
         "decoder_omits": "未提及{name}",
         "decoder_denies": "否认{name}",
         "decoder_location_differs": "所述{name}部位不同",
@@ -83,22 +90,22 @@ def disagreement_comment(findings: Sequence[Finding], study_flags: Sequence[str]
     Written into the AI draft SR, so a reader outside the worklist (a viewer, the PACS) sees the same warning.
     A finding is named with its location when it has one (two nodules are two different statements); a
     statement is made once."""
-    words = _COMMENT.get(lang)
-    if words is None:
+    frame, statement = _FRAME.get(lang), _STATEMENT.get(lang)
+    if frame is None or statement is None:
         return None
     names = {f.label: f.name_en.lower() if lang == "en" else f.name_zh for f in findings}
     parts: list[str] = []
     for finding in findings:
         where = finding.location_en if lang == "en" else finding.location_zh
-        name = words["where"].format(name=names[finding.label], where=where) if where else names[finding.label]
+        name = frame["where"].format(name=names[finding.label], where=where) if where else names[finding.label]
         for flag in finding.flags:
             kind, flag_lang, _ = split_flag(flag)
-            if flag_lang == lang and kind in words:
-                parts.append(words[kind].format(name=name))
+            if flag_lang == lang and kind in statement:
+                parts.append(statement[kind].format(name=name))
     for flag in study_flags:
         kind, flag_lang, label = split_flag(flag)
         if kind == "decoder_adds" and flag_lang == lang:
-            parts.append(words[kind].format(name=names.get(label, label.replace("_", " "))))
+            parts.append(statement[kind].format(name=names.get(label, label.replace("_", " "))))
     if not parts:
         return None
-    return words["intro"] + words["join"].join(dict.fromkeys(parts)) + words["end"]
+    return frame["intro"] + frame["join"].join(dict.fromkeys(parts)) + frame["end"]

@@ -28,7 +28,7 @@ from dicom_agent.inference.parse import question_labels
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
 from dicom_agent.inference.render import context_text, render
 from dicom_agent.inference.series import select_series
-from dicom_agent.inference.types import Box, Finding, ImageRef, Mask, StudyFindings, StudyInput
+from dicom_agent.inference.types import LANGUAGES, Box, Finding, ImageRef, Mask, StudyFindings, StudyInput
 from dicom_agent.inference.vocabulary import LabelSpec
 from dicom_agent.inference.volume import Volume, VolumeGrid, boxes_from_mask, load_volume, window
 
@@ -82,7 +82,7 @@ class BundleAdapter:
         self,
         model_dir: Path | str,
         device: str = "auto",
-        languages: tuple[str, ...] = ("en", "zh"),
+        languages: tuple[str, ...] = LANGUAGES,
         threads: int | None = None,
         narrative: bool = True,
     ) -> None:
@@ -91,7 +91,7 @@ class BundleAdapter:
         self.bundle = load_bundle(model_dir)  # refuses a tampered bundle before any graph is loaded
         self.runner = BundleRunner(model_dir, device=device, threads=threads, verify=False)
         self.vocabulary = self.bundle.vocabulary
-        self.languages = tuple(lang for lang in languages if lang in ("en", "zh")) or ("en",)
+        self.languages = tuple(lang for lang in languages if lang in LANGUAGES) or LANGUAGES[:1]
         self.narrative = narrative
         inputs = self.bundle.manifest.inputs
         config = self.runner.config
@@ -231,7 +231,7 @@ class BundleAdapter:
 
     def answer(self, analysis: Analysis, question: str, lang: str = "en") -> str:
         """One question about an analysed study (analyse once, ask many)."""
-        if lang not in ("en", "zh"):
+        if lang not in LANGUAGES:
             raise ValueError(f"unsupported language {lang!r}")
         if not analysis.inputs:
             raise PermanentInferenceError("no radiograph, CT or PET image in study to answer about")

@@ -30,7 +30,7 @@ from dicom_agent.inference.parse import facts, parse
 from dicom_agent.inference.preprocess2d import load_radiographs
 from dicom_agent.inference.render import render
 from dicom_agent.inference.series import select_series
-from dicom_agent.inference.types import Finding, ModelIdentity, StudyFindings, StudyInput
+from dicom_agent.inference.types import LANGUAGES, Finding, ModelIdentity, StudyFindings, StudyInput
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
 from dicom_agent.inference.volume import VolumeGrid, load_volume, window
 
@@ -70,7 +70,7 @@ class HFImageTextAdapter:
         self,
         model_dir: Path | str,
         device: str = "auto",
-        languages: tuple[str, ...] = ("en", "zh"),
+        languages: tuple[str, ...] = LANGUAGES,
         max_new_tokens: int = 128,
         vocabulary: Vocabulary | None = None,
     ) -> None:

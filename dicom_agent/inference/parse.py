@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from dicom_agent.inference.types import LANGUAGES
 from dicom_agent.inference.vocabulary import Vocabulary
-
-LANGUAGES = ("en", "zh")
 
 _SENTENCE = {"en": re.compile(r"(?<!\d)[.!?\n]+|[.!?\n]+(?!\d)"), "zh": re.compile(r"[。！？!?\n]+")}
 _CLAUSE = {"en": re.compile(r"[,;]|\bbut\b|\bwhile\b|\bhowever\b", re.I), "zh": re.compile(r"[，,、；;]|但|而")}

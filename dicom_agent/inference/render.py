@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from dicom_agent.inference.types import Finding
+from dicom_agent.inference.types import LANGUAGES, Finding
 from dicom_agent.inference.vocabulary import LATERALITY_EN, LATERALITY_ZH, Vocabulary
 
 NORMAL = {"en": "No abnormality detected.", "zh": "未见明显异常。"}
-LANGUAGES = ("en", "zh")
 ABSENT = {"en": "No {name}.", "zh": "未见{name}。"}  # a label a question names but the heads did not find
 CONTEXT_FINDINGS = 6  # findings in the decoder's prompt at most: it has 192 positions in all
 

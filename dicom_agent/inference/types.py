@@ -14,6 +14,8 @@ import numpy as np
 
 from dicom_agent.dicom.codes import Code
 
+LANGUAGES: tuple[str, ...] = ("en", "zh")  # every text the model writes or reads: English, Chinese
+
 
 @dataclass(frozen=True)
 class SeriesInput:
@@ -32,7 +34,7 @@ class StudyInput:
 
     study_instance_uid: str
     series: list[SeriesInput]
-    languages: tuple[str, ...] = ("en", "zh")
+    languages: tuple[str, ...] = LANGUAGES
 
 
 @dataclass(frozen=True)

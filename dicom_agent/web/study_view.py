@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from dicom_agent.db.orm import Finding, Instance, Job, ResultObject, Review, Series, Study, User
 from dicom_agent.db.states import JobState, ReviewState
 from dicom_agent.inference.agreement import DECODER_FLAG, split_flag
+from dicom_agent.inference.types import LANGUAGES
 from dicom_agent.inference.vocabulary import project_vocabulary
 from dicom_agent.store.atomic import PathOutsideRootError, resolve_inside
 from dicom_agent.tasks.artifacts import load_findings_doc
@@ -194,7 +195,7 @@ def draft_text_for(draft_path: Path | None, findings: list[Finding]) -> dict[str
     texts: dict[str, str] = {}
     if draft_path is not None and draft_path.is_file():
         texts = draft_impressions(draft_path)
-    for lang in ("en", "zh"):
+    for lang in LANGUAGES:
         if not texts.get(lang):
             sentences = [getattr(f, f"text_{lang}") for f in findings if f.present]
             texts[lang] = " ".join(s for s in sentences if s)
