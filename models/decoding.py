@@ -12,6 +12,10 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   above) reach a higher AP@0.5 than the CenterNet peaks, else the peaks (the default). AP on a few dozen
   lesions is noisy: 150 validation cases chose masks for radiograph nodules (AP 0.578 vs 0.533), 300 chose the
   peaks (0.588 vs 0.506), hence 300 by default.
+- ``unsided``: per kind, the non-focal labels (effusion, pneumothorax) whose masks do not tell the side: on
+  the validation cases showing the label, fewer than ``SIDE_MIN_PRECISION`` of the sides the runtime would
+  state from the mask are right. Such a finding is reported without a side rather than on a guessed or on
+  both sides (a faint pneumothorax mask spreads over both lungs; CT effusion masks miss the fluid).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ MASK_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MASK_MIN_CASES = 5  # fewer validation cases showing a label keep the default threshold
 MASK_MARGIN = 0.01  # mean Dice a threshold must gain over the default to replace it
 MASK_MIN_DICE = 0.1  # below this at every level the masks miss the finding: no threshold is worth choosing
+SIDE_MIN_PRECISION = 0.75  # a non-focal label states a side only if 3 in 4 of its validation sides were right
 BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
 
@@ -84,6 +89,32 @@ def choose_mask_thresholds(
     return chosen, table
 
 
+def choose_unsided(
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
+) -> tuple[list[str], dict[str, float]]:
+    """Non-focal labels of the samples' kind whose masks (at the runner's thresholds) give sides that are right
+    less than ``SIDE_MIN_PRECISION`` of the time on the cases showing the label (sides as the runtime draws them,
+    ``bundle_adapter._sides``; truth: the lesions' sides). Returns (unsided labels, precision per label)."""
+    from dicom_agent.inference.bundle_adapter import _sides
+
+    kind = samples[0].kind
+    axis = 0 if kind == "cxr" else 1
+    stated: dict[str, int] = {}
+    right: dict[str, int] = {}
+    for sample, raw in zip(samples, raws, strict=True):
+        masks = runner.binarize(kind, raw["seg"], axis=axis)
+        for li, key in enumerate(LABEL_KEYS):
+            if not label_mask(kind)[li] or LABELS[key].focal or not (sample.cls == li + 1).any():
+                continue
+            mask = np.take(masks, li, axis=axis)
+            truth = {lesion[2] for lesion in sample.extra["lesions"] if lesion[0] == key}  # type: ignore[attr-defined]
+            said = {side for side, _ in _sides(mask, mask.shape[-1] / 2)}
+            stated[key] = stated.get(key, 0) + len(said)
+            right[key] = right.get(key, 0) + len(said & truth)
+    precision = {key: round(right[key] / n, 4) for key, n in stated.items() if n >= MASK_MIN_CASES}
+    return [key for key, p in precision.items() if p < SIDE_MIN_PRECISION], precision
+
+
 def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, Any]]) -> dict[str, str]:
     """Per focal label of the samples' kind: "mask" where the segmentation's components (at the runner's
     thresholds) give a higher AP@0.5 than the CenterNet peaks by ``BOX_SOURCE_MARGIN``."""
@@ -107,15 +138,22 @@ def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, 
 
 def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     """The manifest's ``decoding`` choices for ``bundle``, measured on ``cases`` validation phantoms per kind
-    (the graphs run once per case): ``mask_thresholds``, ``box_source`` and the Dice table behind the former."""
+    (the graphs run once per case): ``mask_thresholds``, ``box_source``, ``unsided`` and, under ``calibration``,
+    the Dice and side-precision tables behind them."""
     from dicom_agent.inference.onnx_runner import BundleRunner
     from models.evaluate import raw_outputs
     from models.train import available_kinds
 
     runner = BundleRunner(bundle, device="cpu")
-    runner.mask_thresholds, runner.box_source = {}, {}  # measure from the defaults, not a previous calibration
-    out: dict[str, Any] = {"mask_thresholds": {}, "box_source": {}, "calibration": {"cases": cases, "seed": seed}}
+    runner.mask_thresholds, runner.box_source, runner.unsided = {}, {}, {}  # from the defaults, not a previous run
+    out: dict[str, Any] = {
+        "mask_thresholds": {},
+        "box_source": {},
+        "unsided": {},
+        "calibration": {"cases": cases, "seed": seed},
+    }
     dice_table: dict[str, Any] = {}
+    side_table: dict[str, Any] = {}
     for kind in [k for k in KINDS if k in available_kinds()]:
         samples = make_samples(kind, cases, seed)
         raws = list(raw_outputs(runner, samples))
@@ -126,8 +164,12 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
         sources = choose_box_sources(runner, samples, raws)
         if sources:
             out["box_source"][kind] = sources
+        unsided, side_table[kind] = choose_unsided(runner, samples, raws)
+        if unsided:
+            out["unsided"][kind] = unsided
         del raws  # one kind's raw outputs at a time (300 volumes: 1.4 GB)
     out["calibration"]["mask_dice"] = dice_table
+    out["calibration"]["side_precision"] = side_table
     return out
 
 
@@ -140,7 +182,9 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[st
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
     manifest["decoding"] = {
-        k: v for k, v in manifest["decoding"].items() if k not in ("mask_thresholds", "box_source", "calibration")
+        k: v
+        for k, v in manifest["decoding"].items()
+        if k not in ("mask_thresholds", "box_source", "unsided", "calibration")
     } | calibrate(bundle, cases, seed)
     write_manifest(path, manifest)
     return manifest

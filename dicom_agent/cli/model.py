@@ -106,8 +106,8 @@ def calibrate(
     bundle: Annotated[Path, typer.Option(help="bundle directory")] = DEFAULT_BUNDLE,
     cases: Annotated[int, typer.Option(min=5, help="validation phantoms per kind")] = 300,
 ) -> None:
-    """Re-choose a bundle's decoding (mask threshold and box source per label) on validation phantoms and
-    record it in manifest.json; the graphs are unchanged, so no checkpoint is needed."""
+    """Re-choose a bundle's decoding (mask threshold, box source and whether masks give a side, per label) on
+    validation phantoms and record it in manifest.json; the graphs are unchanged, so no checkpoint is needed."""
     _logging()
     from models.decoding import write_calibration
 
@@ -116,6 +116,8 @@ def calibrate(
         out(f"{kind} mask thresholds: " + ", ".join(f"{k} {v:g}" for k, v in levels.items()))
     for kind, sources in decoding["box_source"].items():
         out(f"{kind} boxes from masks: " + ", ".join(sources))
+    for kind, keys in decoding["unsided"].items():
+        out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
 
 
 @app.command("eval")

@@ -303,6 +303,8 @@ class BundleAdapter:
         grid = radiograph.grid
         if label_mask is None or label_mask.sum() < MIN_PART_PIXELS:
             return [self._finding(spec, probability)]
+        if spec.key in self.runner.unsided.get("cxr", ()):
+            return [self._finding(spec, probability, mask=self._mask_2d(radiograph, label_mask))]
         midline = grid.pad_left + grid.inner_cols / 2
         out = []
         for side, part in _sides(label_mask, midline):
@@ -345,7 +347,7 @@ class BundleAdapter:
             elif spec.focal:
                 out.append(self._box_only_3d(spec, probability, volume, result, sites))
             elif components:
-                out.extend(self._sided_3d(spec, probability, volume, label_mask))
+                out.extend(self._sided_3d(kind, spec, probability, volume, label_mask))
             else:
                 out.append(self._finding(spec, probability))
         return out
@@ -401,7 +403,15 @@ class BundleAdapter:
             boxes=[Box(volume.slices[index], x0, y0, x1, y1, score=float(detected.score))],
         )
 
-    def _sided_3d(self, spec: LabelSpec, probability: float, volume: Volume, label_mask: np.ndarray) -> list[Finding]:
+    def _sided_3d(
+        self, kind: str, spec: LabelSpec, probability: float, volume: Volume, label_mask: np.ndarray
+    ) -> list[Finding]:
+        """As :meth:`_sided_2d`, on the volume's grid."""
+        uid = volume.slices[0].series_instance_uid
+        if spec.key in self.runner.unsided.get(kind, ()):
+            source = volume.mask_to_source(label_mask)
+            mask = Mask(uid, list(volume.slices), source) if source.any() else None
+            return [self._finding(spec, probability, mask=mask)]
         out = []
         for side, part in _sides(label_mask, volume.values.shape[2] / 2):
             source = volume.mask_to_source(part)
@@ -413,7 +423,7 @@ class BundleAdapter:
                     probability,
                     location=self._side_location(side),
                     laterality=side,
-                    mask=Mask(volume.slices[0].series_instance_uid, list(volume.slices), source),
+                    mask=Mask(uid, list(volume.slices), source),
                 )
             )
         return out or [self._finding(spec, probability)]

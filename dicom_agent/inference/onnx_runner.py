@@ -297,6 +297,9 @@ class BundleRunner:
         # where each (kind, label)'s boxes come from: "heatmap" (CenterNet, the default) or "mask" (components
         # of the segmentation), chosen per label on validation phantoms at export (models.evaluate)
         self.box_source: dict[str, dict[str, str]] = decoding.get("box_source", {})
+        # per kind, the non-focal labels whose masks do not tell the side (too few of the sides they gave on
+        # validation phantoms were right): reported without one
+        self.unsided: dict[str, set[str]] = {kind: set(keys) for kind, keys in decoding.get("unsided", {}).items()}
 
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available

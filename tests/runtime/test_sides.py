@@ -26,3 +26,28 @@ def test_each_side_keeps_only_its_own_pixels_and_tiny_masks_are_noise() -> None:
     (side, part), (_, other) = _sides(_mask(300, 200), 32)
     assert side == "right" and part[:, :32].sum() == 300 and not part[:, 32:].any() and other[:, 32:].sum() == 200
     assert _sides(_mask(MIN_PART_PIXELS - 1, 0), 32) == []
+
+
+def test_a_label_whose_masks_do_not_tell_the_side_is_reported_without_one() -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from dicom_agent.inference.grid import Letterbox
+    from dicom_agent.inference.manifest import load_bundle
+    from dicom_agent.inference.types import ImageRef
+
+    bundle = Path(__file__).resolve().parents[2] / "models" / "bundled"
+    adapter = BundleAdapter.__new__(BundleAdapter)  # the map-back stage only
+    adapter.vocabulary = load_bundle(bundle, verify=False).vocabulary
+    spec = next(lab for lab in adapter.vocabulary.labels.values() if not lab.focal)
+    ref = ImageRef("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1")
+    radiograph = SimpleNamespace(grid=Letterbox.fit(64, 64, 64), spacing_mm=(1.0, 1.0), ref=ref)
+    both = np.concatenate([_mask(400, 380), np.zeros((24, 64), bool)])  # on the 64 x 64 model grid
+    adapter.runner = SimpleNamespace(unsided={})
+    sided = adapter._sided_2d(spec, 0.9, radiograph, both)  # type: ignore[arg-type]
+    assert [f.laterality for f in sided] == ["right", "left"]
+    adapter.runner = SimpleNamespace(unsided={"cxr": {spec.key}})
+    (unsided,) = adapter._sided_2d(spec, 0.9, radiograph, both)  # type: ignore[arg-type]
+    assert unsided.laterality is None and unsided.location is None and unsided.mask is not None
+    assert int(unsided.mask.pixels.sum()) == 780  # the whole mask still goes into the SEG
