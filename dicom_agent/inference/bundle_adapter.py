@@ -264,6 +264,7 @@ class BundleAdapter:
                 continue
             probability = float(result.probabilities[key])
             label_mask = result.masks.get(key)
+            core = result.cores.get(key)
             if spec.focal:
                 boxes = [b for b in result.boxes if b.label == key][:MAX_LESIONS_PER_LABEL]
                 if not boxes:
@@ -281,6 +282,9 @@ class BundleAdapter:
                         c0, c1 = int(np.floor(detected.x0)) - 1, int(np.ceil(detected.x1)) + 1
                         region[max(r0, 0) : r1, max(c0, 0) : c1] = True
                         mask = self._mask_2d(radiograph, label_mask & region)
+                        if core is not None and self.runner.box_source.get("cxr", {}).get(key) == "mask":
+                            # the box outlines the faint mask: the size is measured on its confident core
+                            size = _extent_mm(core & region, radiograph) or size
                     out.append(
                         self._finding(
                             spec,
@@ -293,13 +297,19 @@ class BundleAdapter:
                         )
                     )
             else:
-                out.extend(self._sided_2d(spec, probability, radiograph, label_mask))
+                out.extend(self._sided_2d(spec, probability, radiograph, label_mask, core))
         return out
 
     def _sided_2d(
-        self, spec: LabelSpec, probability: float, radiograph: Radiograph, label_mask: np.ndarray | None
+        self,
+        spec: LabelSpec,
+        probability: float,
+        radiograph: Radiograph,
+        label_mask: np.ndarray | None,
+        core: np.ndarray | None = None,
     ) -> list[Finding]:
-        """A non-focal finding per side its mask covers (a bilateral effusion is two findings), else one."""
+        """A non-focal finding per side its mask covers (a bilateral effusion is two findings), else one;
+        an effusion's size is its fluid height, on the side's ``core`` when it has one."""
         grid = radiograph.grid
         if label_mask is None or label_mask.sum() < MIN_PART_PIXELS:
             return [self._finding(spec, probability)]
@@ -308,7 +318,8 @@ class BundleAdapter:
         midline = grid.pad_left + grid.inner_cols / 2
         out = []
         for side, part in _sides(label_mask, midline):
-            rows = np.flatnonzero(part.any(axis=1))
+            measured = part & core if core is not None and (part & core).any() else part
+            rows = np.flatnonzero(measured.any(axis=1))
             size = None
             if radiograph.spacing_mm and spec.key == "pleural_effusion":  # fluid height, as the reports give it
                 size = (rows[-1] + 1 - rows[0]) / grid.scale_y * radiograph.spacing_mm[0]
@@ -369,7 +380,10 @@ class BundleAdapter:
         ]
         if not boxes:  # smaller than a source voxel after resampling: fall back to geometric box mapping
             return self._box_only_3d(spec, probability, volume, result, sites)
-        size = max(max((b.x1 - b.x0) * sx, (b.y1 - b.y0) * sy) for b in boxes)
+        core = result.cores.get(spec.key)
+        measured = boxes_from_mask(volume.mask_to_source(component & core)) if core is not None else []
+        extents = [box for _, box in measured] or [(b.x0, b.y0, b.x1, b.y1) for b in boxes]  # the core, if any
+        size = max(max((x1 - x0) * sx, (y1 - y0) * sy) for x0, y0, x1, y1 in extents)
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
         location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
         return self._finding(
@@ -467,6 +481,18 @@ class BundleAdapter:
             mask=mask,
             flags=flags or [],
         )
+
+
+def _extent_mm(model_mask: np.ndarray, radiograph: Radiograph) -> float | None:
+    """The larger side in mm of a model-grid mask's bounding box on the source image (None: empty mask or no
+    pixel spacing)."""
+    if radiograph.spacing_mm is None or not model_mask.any():
+        return None
+    rows, cols = np.flatnonzero(model_mask.any(axis=1)), np.flatnonzero(model_mask.any(axis=0))
+    row_mm, col_mm = radiograph.spacing_mm
+    height = (rows[-1] + 1 - rows[0]) / radiograph.grid.scale_y * row_mm
+    width = (cols[-1] + 1 - cols[0]) / radiograph.grid.scale_x * col_mm
+    return float(max(height, width))
 
 
 def _sides(mask: np.ndarray, midline: float) -> list[tuple[str, np.ndarray]]:

@@ -122,3 +122,16 @@ def test_focal_labels_get_hysteresis_and_non_focal_labels_do_not() -> None:
     seg[:, 0:2, 0:2] = 0.05  # faint, no confident pixel: not a lesion, but a faint effusion is still a mask
     masks = runner.binarize("cxr", seg, axis=0)
     assert not masks[runner.label_keys.index(focal)].any() and masks[runner.label_keys.index(diffuse)].sum() == 4
+
+
+def test_cores_are_given_for_the_labels_masked_below_the_default() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    runner.mask_thresholds = {"cxr": {keys[0]: 0.02}}
+    seg = np.full((len(keys), 4, 4), 0.3, np.float32)
+    seg[:, 1, 1] = 0.8
+    cores = runner.cores("cxr", seg, 0, [keys[0], keys[1]])
+    assert list(cores) == [keys[0]] and cores[keys[0]].sum() == 1 and cores[keys[0]][1, 1]
+    volume = np.repeat(seg[None], 2, axis=0)  # (D,L,s,s)
+    assert runner.cores("cxr", volume, 1, [keys[0]])[keys[0]].shape == (2, 4, 4)
+    assert runner.cores("ct", volume, 1, [keys[0]]) == {}

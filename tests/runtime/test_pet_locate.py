@@ -127,7 +127,11 @@ def test_adapter_names_pet_sites_in_findings_and_text(written: tuple[Case, Volum
     on_grid = sitk.Resample(labels, volume.model, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     key = "hypermetabolic_lesion"
     result = SimpleNamespace(
-        present=[key], probabilities={key: 0.9}, masks={key: sitk.GetArrayFromImage(on_grid) > 0}, boxes=[]
+        present=[key],
+        probabilities={key: 0.9},
+        masks={key: sitk.GetArrayFromImage(on_grid) > 0},
+        boxes=[],
+        cores={},
     )
     findings = adapter._findings_3d("pet", volume, result)
     vocabulary = bundle.vocabulary
@@ -157,6 +161,27 @@ def test_a_lesion_found_only_by_its_box_is_located_like_a_mask(written: tuple[Ca
         z, y, x = _centre(volume, lesion.attrs["center_vox"])
         box = DetectedBox(key, 0.8, x - 1.5, y - 1.5, x + 2.5, y + 2.5, z=round(z))  # pixel edges around the centre
         empty = np.zeros_like(volume.values, dtype=bool)
-        result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: empty}, boxes=[box])
+        result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: empty}, boxes=[box], cores={})
         (finding,) = adapter._findings_3d("pet", volume, result)
         assert finding.boxes and (finding.location, finding.laterality) == (lesion.location, lesion.laterality)
+
+
+def test_a_lesion_is_measured_on_its_confident_core(written: tuple[Case, Volume]) -> None:
+    """Masked faintly, a lesion keeps its faint mask for the SEG but its size is that of the confident core."""
+    case, volume = written
+    adapter = BundleAdapter.__new__(BundleAdapter)
+    adapter.vocabulary = load_bundle(BUNDLE, verify=False).vocabulary
+    key = "hypermetabolic_lesion"
+    labels = sitk.GetImageFromArray(case.mask)
+    labels.CopyInformation(volume.source)
+    on_grid = sitk.Resample(labels, volume.model, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    lesions = sitk.GetArrayFromImage(on_grid) > 0
+    faint = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(lesions.astype(np.uint8)), [2, 2, 0])) > 0
+
+    def sizes(cores: dict[str, np.ndarray]) -> list[float]:
+        result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: faint}, boxes=[], cores=cores)
+        return sorted(f.size_mm or 0.0 for f in adapter._findings_3d("pet", volume, result))
+
+    grown, measured = sizes({}), sizes({key: lesions})
+    assert len(grown) == len(measured) == len(case.lesions)
+    assert all(m < g for m, g in zip(measured, grown, strict=True))  # 2 cells less on each side in-plane

@@ -51,3 +51,31 @@ def test_a_label_whose_masks_do_not_tell_the_side_is_reported_without_one() -> N
     (unsided,) = adapter._sided_2d(spec, 0.9, radiograph, both)  # type: ignore[arg-type]
     assert unsided.laterality is None and unsided.location is None and unsided.mask is not None
     assert int(unsided.mask.pixels.sum()) == 780  # the whole mask still goes into the SEG
+
+
+def test_an_effusion_is_measured_on_its_confident_core() -> None:
+    """The faint mask (drawn for overlap) reaches higher than the fluid; the height is the core's."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from dicom_agent.inference.grid import Letterbox
+    from dicom_agent.inference.manifest import load_bundle
+    from dicom_agent.inference.types import ImageRef
+
+    bundle = Path(__file__).resolve().parents[2] / "models" / "bundled"
+    adapter = BundleAdapter.__new__(BundleAdapter)
+    adapter.vocabulary = load_bundle(bundle, verify=False).vocabulary
+    adapter.runner = SimpleNamespace(unsided={})
+    spec = adapter.vocabulary.labels["pleural_effusion"]
+    ref = ImageRef("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1")
+    radiograph = SimpleNamespace(grid=Letterbox.fit(128, 128, 64), spacing_mm=(0.5, 0.5), ref=ref)  # 1 mm per cell
+    faint = np.zeros((64, 64), bool)
+    faint[20:60, 4:28] = True  # 40 rows
+    core = np.zeros_like(faint)
+    core[45:60, 4:28] = True  # 15 rows
+    (finding,) = adapter._sided_2d(spec, 0.9, radiograph, faint, core)  # type: ignore[arg-type]
+    assert finding.laterality == "right" and finding.size_mm == 15.0 and finding.mask is not None
+    assert int(finding.mask.pixels.sum()) == 40 * 24 * 4  # the SEG still shows the faint mask (2 x 2 source pixels)
+    (without,) = adapter._sided_2d(spec, 0.9, radiograph, faint)  # type: ignore[arg-type]
+    assert without.size_mm == 40.0
