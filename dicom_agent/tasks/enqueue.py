@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from dicom_agent import metrics
 from dicom_agent.config import Settings, get_settings
@@ -207,6 +208,10 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
             if job.state == JobState.RUNNING:
                 inferred = bool(job.timings and "infer_s" in job.timings)
                 has_objects = s.scalar(select(ResultObject.id).where(ResultObject.job_id == job.id).limit(1))
+                if not (inferred or has_objects):
+                    check_job(job.state, JobState.QUEUED)
+                    if not take_back(s, job.id, job.claimed_by, t):
+                        continue  # another worker claimed it since it was read: theirs now
                 log.warning("job %s lost its worker %s; recovering", job.id, job.claimed_by, extra={"job_id": job.id})
                 audit.record(
                     s, "worker", "job.recovered", job.study_id, {"job_id": job.id, "claimed_by": job.claimed_by}
@@ -215,12 +220,11 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
                     job.heartbeat_at = t
                     encode.append((job.id, job.priority))
                     continue
-                job.state = check_job(job.state, JobState.QUEUED)
-                job.claimed_by = None
                 study = s.get(Study, job.study_id)
                 if study is not None and study.state == StudyState.INFERRING:
                     study.state = check_study(study.state, StudyState.QUEUED)
-            job.heartbeat_at = t
+            else:
+                job.heartbeat_at = t
             infer.append((job.id, job.queue, job.priority))
     for job_id, queue, priority in infer:
         send_infer(job_id, queue, priority, settings)
@@ -231,6 +235,22 @@ def recover(settings: Settings | None = None, resend_all_queued: bool = False) -
     exported = settle_exported()
     metrics.refresh_queue_depth()
     return {"infer": len(infer), "encode": len(encode), "exported": exported, "routed": len(stranded)}
+
+
+def take_back(s: Session, job_id: int, seen_claim: str | None, t: datetime) -> bool:
+    """A lost worker's job back to ``queued``, only if it is still running under the claim recovery saw.
+
+    Compare-and-set, like the claim itself: between reading the job and writing it, the broker may have
+    redelivered its message to another worker that took the dead claim over; overwriting that claim made the
+    job run again (attempt 3 in the RabbitMQ SIGKILL test)."""
+    claim = Job.claimed_by.is_(None) if seen_claim is None else Job.claimed_by == seen_claim
+    res = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING, claim)
+        .values(state=JobState.QUEUED, claimed_by=None, heartbeat_at=t)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 STRANDED_AFTER = timedelta(seconds=10)  # the completion hook routes within milliseconds when its process lives

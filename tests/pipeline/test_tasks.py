@@ -161,6 +161,26 @@ def test_a_live_claim_blocks_duplicates_and_a_stale_or_dead_one_is_taken_over(em
     assert try_claim(job_id, stale_s=60, dead_claim=f"{HOST}:999999999")
 
 
+def test_recovery_takes_a_job_back_only_under_the_claim_it_saw(embedded_pipeline: Pipeline) -> None:
+    """Recovery reads a dead claim, then a redelivered message lets another worker take it over before
+    recovery writes: the write must not undo that claim (it made the job run a third time)."""
+    from dicom_agent.tasks.claims import now
+    from dicom_agent.tasks.enqueue import take_back
+
+    job_id = route_study(store_study(embedded_pipeline.storage))
+    assert job_id is not None and try_claim(job_id, stale_s=60)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.claimed_by = "otherhost:2"  # the worker that took the dead claim "otherhost:1" over
+    with session_scope() as s:
+        assert not take_back(s, job_id, "otherhost:1", now())
+    assert (_job(job_id).state, _job(job_id).claimed_by) == (JobState.RUNNING, "otherhost:2")
+    with session_scope() as s:
+        assert take_back(s, job_id, "otherhost:2", now())
+    assert (_job(job_id).state, _job(job_id).claimed_by) == (JobState.QUEUED, None)
+
+
 def test_recovery_resends_jobs_the_broker_never_got_and_jobs_of_dead_workers(pipeline: Pipeline) -> None:
     from datetime import timedelta
 
