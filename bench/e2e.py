@@ -86,12 +86,17 @@ def job_times(env: dict[str, str]) -> dict[str, tuple[float, float]]:
                 "ON s.id = j.study_id WHERE j.state = 'succeeded'"
             )
         ).all()
+    import json
+    from datetime import datetime
+
+    def when(value: object) -> datetime | None:  # raw SQL on SQLite returns text
+        return datetime.fromisoformat(value) if isinstance(value, str) else value  # type: ignore[return-value]
+
     out = {}
     for uid, timings, started, finished in rows:
-        import json
-
         t = json.loads(timings) if isinstance(timings, str) else timings
-        out[uid] = (float(t.get("infer_s", 0.0)), (finished - started).total_seconds() if started and finished else 0)
+        t0, t1 = when(started), when(finished)
+        out[uid] = (float(t.get("infer_s", 0.0)), (t1 - t0).total_seconds() if t0 and t1 else 0.0)
     return out
 
 
@@ -104,6 +109,7 @@ def pct(values: list[float], q: float) -> float:
 class Setup:
     def __init__(self, name: str, work: Path, orthanc: Orthanc) -> None:
         self.name, self.work, self.orthanc = name, work, orthanc
+        work.mkdir(parents=True, exist_ok=True)  # the roles' logs go here
         extra = {
             "DICOM_AGENT_STORAGE_DIR": str(work / "storage"),
             "DICOM_AGENT_STUDY_QUIET_SECONDS": str(QUIET_S),
@@ -153,6 +159,9 @@ class Setup:
                 conn.execute(sa.text(f'DROP SCHEMA "{self.schema}" CASCADE'))
 
 
+RESULTS: list[dict[str, object]] = []  # every printed figure, also written to --out
+
+
 def latency(setup: Setup, studies: dict[str, list[list[Path]]]) -> None:
     for kind, items in studies.items():
         if not items:
@@ -173,6 +182,17 @@ def latency(setup: Setup, studies: dict[str, list[list[Path]]]) -> None:
             f"p95 {pct(values, 0.95):6.2f}s | model p50 {statistics.median(infer):5.2f}s, "
             f"job (model+encode) p50 {p50_job:5.2f}s, latency/job {pct(values, 0.5) / p50_job:4.1f}x"
         )
+        RESULTS.append(
+            {
+                "setup": setup.name,
+                "kind": kind,
+                "studies": len(values),
+                "latency_minus_quiet_p50_s": round(pct(values, 0.5), 2),
+                "latency_minus_quiet_p95_s": round(pct(values, 0.95), 2),
+                "model_p50_s": round(statistics.median(infer), 3),
+                "job_p50_s": round(p50_job, 3),
+            }
+        )
 
 
 def throughput(setup: Setup, studies: list[list[Path]], workers: int) -> None:
@@ -192,6 +212,14 @@ def throughput(setup: Setup, studies: list[list[Path]], workers: int) -> None:
         f"{setup.name:10s} throughput {len(uids)} CXR studies, {workers} worker process(es): "
         f"{elapsed:6.1f}s → {60 * len(uids) / elapsed:5.1f} studies/min"
     )
+    RESULTS.append(
+        {
+            "setup": setup.name,
+            "throughput_studies": len(uids),
+            "workers": workers,
+            "studies_per_min": 60 * len(uids) / elapsed,
+        }
+    )
 
 
 def main() -> None:
@@ -200,6 +228,7 @@ def main() -> None:
     ap.add_argument("--cxr", type=int, default=20)
     ap.add_argument("--ct", type=int, default=20)
     ap.add_argument("--throughput", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "e2e.json")
     args = ap.parse_args()
     setups = ["embedded", "production"] if args.setup == "both" else [args.setup]
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
@@ -225,6 +254,13 @@ def main() -> None:
                 finally:
                     setup.stop()
                     orthanc.stop()
+    import json
+
+    from dicom_agent.inference.manifest import load_bundle
+
+    bundle = load_bundle(REPO / "models" / "bundled", verify=False).manifest
+    meta = {"cpus": os.cpu_count(), "quiet_s": QUIET_S, "bundle": f"{bundle.name} {bundle.version}"}
+    args.out.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
