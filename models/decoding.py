@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from dicom_agent.inference.onnx_runner import threshold_mask
 from models.dataset import Sample, make_samples
+from models.evaluate import decode, dice, raw_outputs, structured_metrics
 from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.terminology import LABELS
 from models.train import VAL_SEED
@@ -43,37 +43,32 @@ BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    total = float(pred.sum() + gt.sum())
-    return 1.0 if total == 0 else 2.0 * float((pred & gt).sum()) / total
-
-
 def choose_mask_thresholds(
-    samples: list[Sample], raws: list[dict[str, Any]], default: float
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Per label of the samples' kind: the level of ``MASK_LEVELS`` with the best mean Dice over the cases that
-    show the label, kept only when it beats ``default`` by ``MASK_MARGIN`` and reaches ``MASK_MIN_DICE``.
+    show the label, on the masks the runtime draws at that level (``BundleRunner.binarize``), kept only when it
+    beats the runner's default by ``MASK_MARGIN`` and reaches ``MASK_MIN_DICE``.
     Returns (chosen, mean Dice per level and label)."""
     kind = samples[0].kind
     axis = 0 if kind == "cxr" else 1  # label axis of the raw segmentation: (L,S,S) or (D,L,s,s)
+    default = runner.mask_threshold
     levels = sorted({*MASK_LEVELS, default})
+    keys = [(li, key) for li, key in enumerate(LABEL_KEYS) if label_mask(kind)[li]]
+    scores: dict[str, list[list[float]]] = {key: [] for _, key in keys}
+    for sample, raw in zip(samples, raws, strict=True):
+        shown = [(li, key) for li, key in keys if (sample.cls == li + 1).any()]
+        if not shown:
+            continue
+        masks = [runner.binarize(kind, raw["seg"], axis, level) for level in levels]
+        for li, key in shown:
+            scores[key].append([dice(np.take(m, li, axis=axis), sample.cls == li + 1) for m in masks])
     chosen: dict[str, float] = {}
     table: dict[str, dict[str, float]] = {}
-    for li, key in enumerate(LABEL_KEYS):
-        if not label_mask(kind)[li]:
+    for key, rows in scores.items():
+        if len(rows) < MASK_MIN_CASES:
             continue
-        seed = default if LABELS[key].focal else None  # lesions keep their confident parts (BundleRunner.binarize)
-        scores = [
-            [
-                _dice(threshold_mask(np.take(raw["seg"], li, axis=axis), level, seed), sample.cls == li + 1)
-                for level in levels
-            ]
-            for sample, raw in zip(samples, raws, strict=True)
-            if (sample.cls == li + 1).any()
-        ]
-        if len(scores) < MASK_MIN_CASES:
-            continue
-        mean = np.asarray(scores).mean(axis=0)
+        mean = np.asarray(rows).mean(axis=0)
         table[key] = {f"{level:g}": round(float(m), 4) for level, m in zip(levels, mean, strict=True)}
         best = int(np.argmax(mean))
         if mean[best] >= MASK_MIN_DICE and mean[best] > mean[levels.index(default)] + MASK_MARGIN:
@@ -118,8 +113,6 @@ def choose_unsided(
 def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, Any]]) -> dict[str, str]:
     """Per focal label of the samples' kind: "mask" where the segmentation's components (at the runner's
     thresholds) give a higher AP@0.5 than the CenterNet peaks by ``BOX_SOURCE_MARGIN``."""
-    from models.evaluate import decode, structured_metrics
-
     kind = samples[0].kind
     ap = {
         source: structured_metrics(samples, [decode(runner, kind, raw, source) for raw in raws], {})
@@ -141,7 +134,6 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     (the graphs run once per case): ``mask_thresholds``, ``box_source``, ``unsided`` and, under ``calibration``,
     the Dice and side-precision tables behind them."""
     from dicom_agent.inference.onnx_runner import BundleRunner
-    from models.evaluate import raw_outputs
     from models.train import available_kinds
 
     runner = BundleRunner(bundle, device="cpu")
@@ -157,7 +149,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     for kind in [k for k in KINDS if k in available_kinds()]:
         samples = make_samples(kind, cases, seed)
         raws = list(raw_outputs(runner, samples))
-        thresholds, dice_table[kind] = choose_mask_thresholds(samples, raws, runner.mask_threshold)
+        thresholds, dice_table[kind] = choose_mask_thresholds(runner, samples, raws)
         if thresholds:
             out["mask_thresholds"][kind] = thresholds
             runner.mask_thresholds[kind] = thresholds
@@ -181,10 +173,7 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[st
 
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["decoding"] = {
-        k: v
-        for k, v in manifest["decoding"].items()
-        if k not in ("mask_thresholds", "box_source", "unsided", "calibration")
-    } | calibrate(bundle, cases, seed)
+    chosen = calibrate(bundle, cases, seed)
+    manifest["decoding"] = {k: v for k, v in manifest["decoding"].items() if k not in chosen} | chosen
     write_manifest(path, manifest)
     return manifest

@@ -284,7 +284,8 @@ class BundleAdapter:
                         mask = self._mask_2d(radiograph, label_mask & region)
                         if core is not None and self.runner.box_source.get("cxr", {}).get(key) == "mask":
                             # the box outlines the faint mask: the size is measured on its confident core
-                            size = _extent_mm(core & region, radiograph) or size
+                            extent = _extent_mm(core & region, radiograph)
+                            size = max(extent) if extent else size
                     out.append(
                         self._finding(
                             spec,
@@ -319,10 +320,8 @@ class BundleAdapter:
         out = []
         for side, part in _sides(label_mask, midline):
             measured = part & core if core is not None and (part & core).any() else part
-            rows = np.flatnonzero(measured.any(axis=1))
-            size = None
-            if radiograph.spacing_mm and spec.key == "pleural_effusion":  # fluid height, as the reports give it
-                size = (rows[-1] + 1 - rows[0]) / grid.scale_y * radiograph.spacing_mm[0]
+            extent = _extent_mm(measured, radiograph)
+            size = extent[0] if extent and spec.key == "pleural_effusion" else None  # fluid height, as reported
             out.append(
                 self._finding(
                     spec,
@@ -483,8 +482,8 @@ class BundleAdapter:
         )
 
 
-def _extent_mm(model_mask: np.ndarray, radiograph: Radiograph) -> float | None:
-    """The larger side in mm of a model-grid mask's bounding box on the source image (None: empty mask or no
+def _extent_mm(model_mask: np.ndarray, radiograph: Radiograph) -> tuple[float, float] | None:
+    """(height, width) in mm of a model-grid mask's bounding box on the source image (None: empty mask or no
     pixel spacing)."""
     if radiograph.spacing_mm is None or not model_mask.any():
         return None
@@ -492,7 +491,7 @@ def _extent_mm(model_mask: np.ndarray, radiograph: Radiograph) -> float | None:
     row_mm, col_mm = radiograph.spacing_mm
     height = (rows[-1] + 1 - rows[0]) / radiograph.grid.scale_y * row_mm
     width = (cols[-1] + 1 - cols[0]) / radiograph.grid.scale_x * col_mm
-    return float(max(height, width))
+    return float(height), float(width)
 
 
 def _sides(mask: np.ndarray, midline: float) -> list[tuple[str, np.ndarray]]:

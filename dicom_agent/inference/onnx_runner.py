@@ -343,15 +343,18 @@ class BundleRunner:
             if self.mask_threshold_of(kind, key) < self.mask_threshold
         }
 
-    def binarize(self, kind: str, seg: np.ndarray, axis: int) -> np.ndarray:
-        """Segmentation probabilities -> masks, each label at its own threshold; ``axis`` is the label axis.
+    def binarize(self, kind: str, seg: np.ndarray, axis: int, level: float | None = None) -> np.ndarray:
+        """Segmentation probabilities -> masks, each label at its own threshold (or every label at ``level``,
+        which calibration tries); ``axis`` is the label axis.
 
         A focal label masked below ``mask_threshold`` keeps only the parts that hold a pixel at or above it
         (hysteresis): its faint threshold draws a lesion's full extent, and faint blobs with no confident
         pixel are not lesions (at 0.02 they added findings in other lobes)."""
         shape = [1] * seg.ndim
         shape[axis] = len(self.label_keys)
-        levels = np.asarray([self.mask_threshold_of(kind, key) for key in self.label_keys], np.float32)
+        levels = np.asarray(
+            [self.mask_threshold_of(kind, key) if level is None else level for key in self.label_keys], np.float32
+        )
         masks = np.asarray(seg >= levels.reshape(shape))
         for li, lab in enumerate(self.labels):
             if lab.focal and levels[li] < self.mask_threshold:

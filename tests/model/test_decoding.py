@@ -39,7 +39,10 @@ def _case(i: int, labels: list[int]) -> tuple[Sample, dict[str, np.ndarray]]:
 
 def test_thresholds_follow_the_dice_of_each_label() -> None:
     cases = [_case(i, [FAINT, SHARP, WRONG]) for i in range(8)] + [_case(i, [RARE]) for i in range(MASK_MIN_CASES - 1)]
-    chosen, table = choose_mask_thresholds([c[0] for c in cases], [c[1] for c in cases], 0.5)
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    runner.mask_thresholds = {}
+    assert runner.mask_threshold == 0.5
+    chosen, table = choose_mask_thresholds(runner, [c[0] for c in cases], [c[1] for c in cases])
     faint = LABEL_KEYS[FAINT]
     assert chosen[faint] <= 0.03 and table[faint]["0.5"] == 0.0 and table[faint][f"{chosen[faint]:g}"] == 1.0
     assert LABEL_KEYS[SHARP] not in chosen and table[LABEL_KEYS[SHARP]]["0.5"] == 1.0  # the default is best: kept
