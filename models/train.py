@@ -80,6 +80,12 @@ class TrainConfig:
     # share of stage-1 steps per kind (renormalised over the kinds present); radiographs have six labels and
     # the subtlest ones (pneumothorax), so they get the most steps
     kind_share: dict[str, float] = field(default_factory=lambda: {"cxr": 0.42, "ct": 0.33, "pet": 0.25})
+    # stage-1 mask health: every ``check_every`` steps and at the end, each kind's validation masks (the first
+    # ``check_cases`` validation phantoms) are scored and logged, and the trajectory goes into the manifest. Longer
+    # runs lost their CT masks with nobody looking (session 10); eval mode without gradients and without random
+    # draws leaves the run's result unchanged. 0 = off
+    check_every: int = 500
+    check_cases: int = 24
 
 
 def available_kinds() -> list[str]:
@@ -226,10 +232,46 @@ def lr_at(step: int, total: int, base: float, warmup: int = 40) -> float:
 
 
 # ---- the two stages ---------------------------------------------------------------------------------------
+def mask_health(model: UnifiedModel, val: dict[str, list[Sample]], cases: int) -> dict[str, dict[str, list[float]]]:
+    """Per kind and label with a true mask among the first ``cases`` validation phantoms: the Dice of the masks at
+    0.5 pooled over the cases, and the mean probability inside the true masks (near 0: the label has stopped
+    segmenting, whatever its losses say)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[str, list[float]]] = {}
+    with torch.no_grad():
+        for kind, samples in val.items():
+            axis = 1 if kind == "cxr" else 2
+            probs, truths = [], []
+            for i in range(0, min(cases, len(samples)), 8):
+                b = collate(samples[i : min(i + 8, cases)])
+                o = model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
+                probs.append(torch.sigmoid(o["seg"]).numpy())
+                truths.append(b.seg.numpy() > 0.5)
+            prob, truth = np.concatenate(probs), np.concatenate(truths)
+            keep = label_mask(kind)
+            out[kind] = {}
+            for li, key in enumerate(LABEL_KEYS):
+                gt, p = np.take(truth, li, axis=axis), np.take(prob, li, axis=axis)
+                if keep[li] and gt.any():
+                    dice = 2.0 * float((gt & (p >= 0.5)).sum()) / float(gt.sum() + (p >= 0.5).sum())
+                    out[kind][key] = [round(dice, 3), round(float(p[gt].mean()), 3)]
+    model.train(was_training)
+    return out
+
+
 def stage1(
-    model: UnifiedModel, pools: dict[str, list[Sample]], tok: Tokenizer, cfg: TrainConfig, rng: np.random.Generator
+    model: UnifiedModel,
+    pools: dict[str, list[Sample]],
+    tok: Tokenizer,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    val: dict[str, list[Sample]] | None = None,
+    health: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Alignment + heads: all parameters train; the kinds interleave by ``cfg.kind_share``."""
+    """Alignment + heads: all parameters train; the kinds interleave by ``cfg.kind_share``. With ``val``, the
+    mask health (``mask_health``) every ``cfg.check_every`` steps and at the end is logged and appended to
+    ``health``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr1, weight_decay=0.01)
     kinds = [k for k in ("cxr", "ct", "pet") if k in pools]
     schedule = kind_schedule(kinds, cfg.kind_share, cfg.steps1)
@@ -289,6 +331,12 @@ def stage1(
                 time.time() - t0,
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}),
             )
+        done = step + 1
+        if val and cfg.check_every and (done % cfg.check_every == 0 or done == cfg.steps1):
+            check = {"step": done, "masks": mask_health(model, val, cfg.check_cases)}
+            log.info("stage1 %d/%d mask health (Dice at 0.5, mean p in truth) %s", done, cfg.steps1, check["masks"])
+            if health is not None:
+                health.append(check)
     return history
 
 
@@ -459,7 +507,8 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
         fit_coarse_stats(model, pools)
         log.info("model: %d parameters, vocab %d", count_parameters(model), net.vocab_size)
         t1 = time.time()
-        h1 = stage1(model, pools, tok, cfg, rng)
+        health: list[dict[str, Any]] = []
+        h1 = stage1(model, pools, tok, cfg, rng, val, health)
         t2 = time.time()
         seconds1 = {
             "data": round(t_data, 1),
@@ -467,10 +516,16 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
             "wall": round(t2 - t0, 1),  # data, tokenizer and stage 1
             "cpu": round(time.process_time() - c0, 1),
         }
-        stage1_state = {"config": net.to_dict(), "state_dict": model.state_dict(), "seconds": seconds1}
+        stage1_state = {
+            "config": net.to_dict(),
+            "state_dict": model.state_dict(),
+            "seconds": seconds1,
+            "health": health,
+        }
         torch.save(stage1_state, out_dir / STAGE1_FILE)
     else:
         state, h1, seconds1 = _stage1_state(stage1_from)
+        health = state.get("health", [])
         tok = Tokenizer.from_file(str(stage1_from / "tokenizer.json"))
         net = NetConfig(**state["config"])
         model = UnifiedModel(net)
@@ -506,6 +561,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
             "total": round(total, 1),
         },
         "stage1_from": str(stage1_from) if stage1_from is not None else None,
+        "stage1_mask_health": health,
         # CPU seconds of the process: on a shared machine wall time overstates the cost; cpu / threads is the
         # wall time the recipe would take with its cores to itself
         "cpu_seconds": round(cpu, 1),

@@ -26,6 +26,8 @@ def smoke_config() -> TrainConfig:
         batch_text=8,
         net=SMALL_NET,
         context=True,
+        check_every=2,
+        check_cases=3,
     )
 
 

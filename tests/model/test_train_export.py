@@ -33,6 +33,26 @@ def test_smoke_training_writes_a_checkpoint_with_finite_losses(smoke_run: Path) 
     assert (state["coarse_std"] != 1).any(dim=1).all() and (state["coarse_mean"] != 0).any(dim=1).all()
 
 
+def test_stage1_records_mask_health_on_validation_phantoms(smoke_run: Path) -> None:
+    """Every ``check_every`` steps and at the end: per kind, each label with a true mask among the checked
+    validation phantoms gets its Dice at 0.5 and mean probability inside the truth."""
+    from models.dataset import make_samples
+    from models.labels import LABEL_KEYS, label_mask
+    from models.train import VAL_SEED
+    from tests.model.conftest import smoke_config
+
+    health = torch.load(smoke_run / "checkpoint.pt", weights_only=False)["training"]["stage1_mask_health"]
+    assert [h["step"] for h in health] == [2, 4]
+    cfg = smoke_config()
+    for kind in ("cxr", "ct", "pet"):
+        drawn = {int(v) for s in make_samples(kind, cfg.check_cases, VAL_SEED) for v in np.unique(s.cls) if v}
+        expected = {LABEL_KEYS[v - 1] for v in drawn if label_mask(kind)[v - 1]}
+        assert expected or kind != "cxr"  # the check is not vacuous: radiographs always draw some mask
+        for check in health:
+            assert set(check["masks"][kind]) == expected, kind
+            assert all(0.0 <= d <= 1.0 and 0.0 <= p <= 1.0 for d, p in check["masks"][kind].values())
+
+
 def test_stage2_on_another_runs_stage1_gives_the_full_runs_model(smoke_run: Path, tmp_path: Path) -> None:
     """``stage1_from`` is how decoder recipes are tried on a fixed vision side: it must give exactly what the
     full recipe gives, or a bundle made that way would not be what ``dicom-agent model train`` reproduces."""
