@@ -236,26 +236,22 @@ def mask_health(model: UnifiedModel, val: dict[str, list[Sample]], cases: int) -
     """Per kind and label with a true mask among the first ``cases`` validation phantoms: the Dice of the masks at
     0.5 pooled over the cases, and the mean probability inside the true masks (near 0: the label has stopped
     segmenting, whatever its losses say)."""
+    from models.evaluate import dice, torch_outputs
+
     was_training = model.training
     model.eval()
     out: dict[str, dict[str, list[float]]] = {}
-    with torch.no_grad():
-        for kind, samples in val.items():
-            axis = 1 if kind == "cxr" else 2
-            probs, truths = [], []
-            for i in range(0, min(cases, len(samples)), 8):
-                b = collate(samples[i : min(i + 8, cases)])
-                o = model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
-                probs.append(torch.sigmoid(o["seg"]).numpy())
-                truths.append(b.seg.numpy() > 0.5)
-            prob, truth = np.concatenate(probs), np.concatenate(truths)
-            keep = label_mask(kind)
-            out[kind] = {}
-            for li, key in enumerate(LABEL_KEYS):
-                gt, p = np.take(truth, li, axis=axis), np.take(prob, li, axis=axis)
-                if keep[li] and gt.any():
-                    dice = 2.0 * float((gt & (p >= 0.5)).sum()) / float(gt.sum() + (p >= 0.5).sum())
-                    out[kind][key] = [round(dice, 3), round(float(p[gt].mean()), 3)]
+    for kind, samples in val.items():
+        axis = 1 if kind == "cxr" else 2
+        outputs = list(torch_outputs(model, samples[:cases]))
+        prob = np.concatenate([torch.sigmoid(o["seg"]).numpy() for _, o in outputs])
+        truth = np.concatenate([b.seg.numpy() > 0.5 for b, _ in outputs])
+        keep = label_mask(kind)
+        out[kind] = {}
+        for li, key in enumerate(LABEL_KEYS):
+            gt, p = np.take(truth, li, axis=axis), np.take(prob, li, axis=axis)
+            if keep[li] and gt.any():
+                out[kind][key] = [round(dice(p >= 0.5, gt), 3), round(float(p[gt].mean()), 3)]
     model.train(was_training)
     return out
 
@@ -267,16 +263,15 @@ def stage1(
     cfg: TrainConfig,
     rng: np.random.Generator,
     val: dict[str, list[Sample]] | None = None,
-    health: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Alignment + heads: all parameters train; the kinds interleave by ``cfg.kind_share``. With ``val``, the
-    mask health (``mask_health``) every ``cfg.check_every`` steps and at the end is logged and appended to
-    ``health``."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Alignment + heads: all parameters train; the kinds interleave by ``cfg.kind_share``. Returns the step
+    history and, with ``val``, the mask health (``mask_health``) every ``cfg.check_every`` steps and at the end."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr1, weight_decay=0.01)
     kinds = [k for k in ("cxr", "ct", "pet") if k in pools]
     schedule = kind_schedule(kinds, cfg.kind_share, cfg.steps1)
     pad = token_id(tok, PAD)
     history = []
+    health: list[dict[str, Any]] = []
     model.train()
     t0 = time.time()
     for step in range(cfg.steps1):
@@ -335,9 +330,8 @@ def stage1(
         if val and cfg.check_every and (done % cfg.check_every == 0 or done == cfg.steps1):
             check = {"step": done, "masks": mask_health(model, val, cfg.check_cases)}
             log.info("stage1 %d/%d mask health (Dice at 0.5, mean p in truth) %s", done, cfg.steps1, check["masks"])
-            if health is not None:
-                health.append(check)
-    return history
+            health.append(check)
+    return history, health
 
 
 def pick_question(
@@ -507,8 +501,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
         fit_coarse_stats(model, pools)
         log.info("model: %d parameters, vocab %d", count_parameters(model), net.vocab_size)
         t1 = time.time()
-        health: list[dict[str, Any]] = []
-        h1 = stage1(model, pools, tok, cfg, rng, val, health)
+        h1, health = stage1(model, pools, tok, cfg, rng, val)
         t2 = time.time()
         seconds1 = {
             "data": round(t_data, 1),
