@@ -166,7 +166,11 @@ def seg_loss(logits: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor, label_a
     dims = [d for d in range(logits.dim()) if d != label_axis]
     inter = (p * gt).sum(dims)
     dice = 1 - (2 * inter + 1) / (p.sum(dims) + gt.sum(dims) + 1)
-    dice = (dice * keep.float()).sum() / keep.float().sum()
+    # soft Dice only for labels with a mask in the batch (BCE alone handles the absent ones): on an empty target
+    # it is 1 - 1/(sum p + 1), a pull to exactly zero on every pixel that, in a batch of two CT volumes where
+    # most labels are absent, outweighed the positives and killed the CT masks (docs/model.md, session 11)
+    scored = keep.float() * (gt.sum(dims) > 0).float()
+    dice = (dice * scored).sum() / scored.sum().clamp(min=1.0)
     return bce * 2 + dice
 
 

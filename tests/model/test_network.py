@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.network import CELL_CLIP, COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
-from models.train import kind_schedule
+from models.train import SEG_POS_WEIGHT, kind_schedule, seg_loss
 
 TINY = NetConfig(n_labels=3, vocab_size=40, d=16, heads=2, enc_layers=1, dec_layers=1, max_len=16)
 
@@ -40,6 +40,23 @@ def _peaked_heads(cfg: NetConfig, label: int) -> Heads:
         heads.label_queries.zero_()
         heads.label_out[label, 0] = 50.0
     return heads
+
+
+def test_seg_loss_scores_dice_only_for_labels_masked_in_the_batch() -> None:
+    # logits 0 (p = 0.5) everywhere: an absent label costs its BCE (log 2 per pixel, twice) and no Dice; a label
+    # with a mask adds its soft Dice; a label the kind lacks (keep False) adds nothing
+    logits = torch.zeros(2, 3, 8, 8)
+    absent = torch.zeros(2, 3, 8, 8)
+    keep = torch.tensor([True, True, False])
+    log2 = torch.log(torch.tensor(2.0))
+    assert seg_loss(logits, absent, keep, 1).item() == pytest.approx(2 * log2.item(), rel=1e-6)
+
+    gt = absent.clone()
+    gt[0, 0, 2:4, 2:4] = 1.0  # 4 of the 256 pixels of label 0 across the batch
+    pixels = 2 * 8 * 8
+    bce = log2 * (pixels * 2 - 4 + 4 * SEG_POS_WEIGHT) / (2 * pixels)  # mean over the two kept labels
+    dice = 1 - (2 * 0.5 * 4 + 1) / (0.5 * pixels + 4 + 1)  # label 0 only: label 1 has no mask in the batch
+    assert seg_loss(logits, gt, keep, 1).item() == pytest.approx(2 * bce.item() + dice, rel=1e-6)
 
 
 def test_label_attention_centroid_is_x_then_y_of_the_evidence() -> None:
