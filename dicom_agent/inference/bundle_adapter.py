@@ -344,13 +344,17 @@ class BundleAdapter:
     def _findings_3d(self, kind: str, volume: Volume, result: Any) -> list[Finding]:
         out: list[Finding] = []
         sites = _site_map(kind, volume)
+        labels = self.vocabulary.labels
+        components_of = {key: _components(result.masks[key]) for key in result.present if key in result.masks}
+        focal = {key: parts for key, parts in components_of.items() if key in labels and labels[key].focal}
+        components_of.update(_one_label_per_region(focal, result.probabilities))
         for key in result.present:
             spec = self.vocabulary.labels.get(key)
             if spec is None:
                 continue
             probability = float(result.probabilities[key])
             label_mask = result.masks.get(key)
-            components = _components(label_mask) if label_mask is not None else []
+            components = components_of.get(key, [])
             if spec.focal and components:
                 for component in components[:MAX_LESIONS_PER_LABEL]:
                     out.append(self._lesion_3d(spec, probability, volume, component, result, sites))
@@ -511,6 +515,22 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     counts = np.bincount(labels.ravel())[1:]
     order = np.argsort(-counts)
     return [labels == (i + 1) for i in order if counts[i] >= MIN_PART_PIXELS]
+
+
+def _one_label_per_region(
+    components: dict[str, list[np.ndarray]], probabilities: dict[str, float]
+) -> dict[str, list[np.ndarray]]:
+    """Focal labels claim mask components in order of probability; a component lying mostly (over half its voxels)
+    in one claimed already is left out, so one region is not reported as a nodule, a mass and a consolidation at
+    once. A label keeps its largest component even then: it stays present, as its probability says."""
+    claimed: np.ndarray | None = None
+    out: dict[str, list[np.ndarray]] = {}
+    for key in sorted(components, key=lambda k: -float(probabilities[k])):
+        free = [c for c in components[key] if claimed is None or (c & claimed).sum() * 2 <= c.sum()]
+        out[key] = free or components[key][:1]
+        for c in out[key]:
+            claimed = c if claimed is None else claimed | c
+    return out
 
 
 def _component_score(component: np.ndarray, boxes: list[Any], label: str, default: float) -> float:
