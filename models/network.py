@@ -220,8 +220,8 @@ class Heads(nn.Module):
         feats, logits, att = self.pool(tokens)
         # where each label looks: the attention's centroid on the token grid, (x, y) in [0, 1]
         h, w = grid.shape[-2], grid.shape[-1]
-        ys = (torch.arange(h, dtype=tokens.dtype) + 0.5) / h
-        xs = (torch.arange(w, dtype=tokens.dtype) + 0.5) / w
+        ys = (torch.arange(h, dtype=tokens.dtype, device=tokens.device) + 0.5) / h
+        xs = (torch.arange(w, dtype=tokens.dtype, device=tokens.device) + 0.5) / w
         coords = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(h * w, 2)
         where = att @ coords
         det = self.det(grid)
@@ -411,7 +411,7 @@ class UnifiedModel(nn.Module):
         vol_logits = (w * slice_logits).sum(1)
         feats = out["label_feats"].reshape(n, depth, -1, d)
         vol_feats = (w[..., None] * feats).sum(1)
-        z = (torch.arange(depth, dtype=volume.dtype) + 0.5) / depth
+        z = (torch.arange(depth, dtype=volume.dtype, device=volume.device) + 0.5) / depth
         where_xy = (w[..., None] * out["where"].reshape(n, depth, -1, 2)).sum(1)
         where = torch.cat([where_xy, (w * z[None, :, None]).sum(1)[..., None]], -1)
         k = self.cfg.top_k
@@ -438,9 +438,11 @@ class UnifiedModel(nn.Module):
         return res
 
     def empty_past(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty KV cache on the model's device (a CPU cache beside CUDA weights fails at the first step)."""
         cfg = self.cfg
         shape = (cfg.dec_layers, n, cfg.heads, 0, cfg.d // cfg.heads)
-        return torch.zeros(shape), torch.zeros(shape)
+        device = self.logit_scale.device
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
     def text_logits(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder pass for training: ids (N,T), memory (N,M,d) -> logits (N,T,V)."""
