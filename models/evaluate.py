@@ -54,10 +54,9 @@ def torch_outputs(
     without gradients; the caller sets the model's mode."""
     kind = samples[0].kind
     step = batch if kind == "cxr" else max(1, batch // 8)
-    with torch.no_grad():
-        for i in range(0, len(samples), step):
-            b = collate(samples[i : i + step])
-            yield b, model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
+    for i in range(0, len(samples), step):
+        b = collate(samples[i : i + step])
+        yield b, model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
 
 
 def predict_probs(model: UnifiedModel, samples: list[Sample], batch: int = 32) -> np.ndarray:

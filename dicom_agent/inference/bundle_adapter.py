@@ -349,7 +349,7 @@ class BundleAdapter:
         focal = {key: parts for key, parts in components_of.items() if key in labels and labels[key].focal}
         components_of.update(_one_label_per_region(focal, result.probabilities))
         for key in result.present:
-            spec = self.vocabulary.labels.get(key)
+            spec = labels.get(key)
             if spec is None:
                 continue
             probability = float(result.probabilities[key])

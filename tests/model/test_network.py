@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from models.labels import LABEL_KEYS
 from models.network import CELL_CLIP, COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
-from models.train import SEG_POS_WEIGHT, kind_schedule, seg_loss
+from models.train import SEG_POS_WEIGHT, kind_schedule, seg_loss, seg_pos_weights
 
 TINY = NetConfig(n_labels=3, vocab_size=40, d=16, heads=2, enc_layers=1, dec_layers=1, max_len=16)
 
@@ -57,6 +58,31 @@ def test_seg_loss_scores_dice_only_for_labels_masked_in_the_batch() -> None:
     bce = log2 * (pixels * 2 - 4 + 4 * SEG_POS_WEIGHT) / (2 * pixels)  # mean over the two kept labels
     dice = 1 - (2 * 0.5 * 4 + 1) / (0.5 * pixels + 4 + 1)  # label 0 only: label 1 has no mask in the batch
     assert seg_loss(logits, gt, keep, 1).item() == pytest.approx(2 * bce.item() + dice, rel=1e-6)
+
+
+def test_seg_loss_weights_positive_pixels_per_label() -> None:
+    # the same 4 positive pixels under label 0 cost (w - 1) * log 2 more each when label 0's weight is w
+    logits = torch.zeros(2, 3, 8, 8)
+    gt = torch.zeros(2, 3, 8, 8)
+    gt[0, 0, 2:4, 2:4] = 1.0
+    keep = torch.tensor([True, True, True])
+    base = seg_loss(logits, gt, keep, 1)
+    heavier = seg_loss(logits, gt, keep, 1, torch.tensor([30.0, SEG_POS_WEIGHT, SEG_POS_WEIGHT]))
+    pixels = 2 * 8 * 8 * 3  # the BCE is a mean over the kept labels' pixels, counted twice
+    extra = 2 * 4 * (30.0 - SEG_POS_WEIGHT) * torch.log(torch.tensor(2.0)) / pixels
+    assert (heavier - base).item() == pytest.approx(extra.item(), rel=1e-5)
+    # a weight on a label with no positive pixel changes nothing
+    other = seg_loss(logits, gt, keep, 1, torch.tensor([SEG_POS_WEIGHT, 30.0, SEG_POS_WEIGHT]))
+    assert other.item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def test_seg_pos_weights_follow_the_label_order_and_reject_unknown_labels() -> None:
+    weights = seg_pos_weights({"pneumothorax": 30.0})
+    assert weights.shape == (len(LABEL_KEYS),)
+    assert weights[LABEL_KEYS.index("pneumothorax")] == 30.0
+    assert all(w == SEG_POS_WEIGHT for i, w in enumerate(weights.tolist()) if LABEL_KEYS[i] != "pneumothorax")
+    with pytest.raises(ValueError, match="pneumothorx"):
+        seg_pos_weights({"pneumothorx": 30.0})
 
 
 def test_label_attention_centroid_is_x_then_y_of_the_evidence() -> None:
@@ -164,3 +190,18 @@ def test_segmentation_reads_the_cell_map_locally_and_can_be_off() -> None:
     diff = (moved - base).abs()[0].amax(0)
     # under the cell, and far more than far away (where only the decoder's GroupNorm statistics moved)
     assert diff[16:24, 16:24].mean() > 10 * diff[64:, 64:].mean() > 0
+
+
+def test_forward_and_decoding_create_no_tensor_off_the_model_device() -> None:
+    # a GPU worker (or a bench on CUDA) fails on a tensor made on the CPU behind the inputs' back; the "meta" device
+    # catches the same mistake here: mixing it with a CPU tensor of one or more dimensions raises
+    model = UnifiedModel(replace(TINY, image_size=32, slice_size=32, depth=4, top_k=2)).to("meta").eval()
+    cfg = model.cfg
+    with torch.no_grad():
+        o2 = model.forward_2d(torch.zeros(2, 1, 32, 32, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+        o3 = model.forward_3d(torch.zeros(1, 4, 32, 32, device="meta"), torch.ones(1, dtype=torch.long, device="meta"))
+        ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
+        logits = model.text_logits(ids, o2["memory"])
+    assert o2["logits"].device.type == o3["logits"].device.type == logits.device.type == "meta"
+    assert logits.shape == (2, 5, cfg.vocab_size)
+    assert all(t.device.type == "meta" for t in model.empty_past(3))
