@@ -109,28 +109,56 @@ def preprocess_s(bundle: Path, kind: str, repeat: int) -> float:
     return median_s(lambda: _inputs(bundle, kind), repeat)
 
 
+# a typical prompt: the findings text of two findings (bundles trained with it), then the instruction
+REPORT_FINDINGS = "Nodule in the right upper lobe, measuring 12 mm. Left pleural effusion."
+
+
+def encoder_graph(kind: str) -> str:
+    return "enc2d" if kind == "cxr" else "enc3d"
+
+
+def encoder_feeds(kind: str, x: np.ndarray, batch: int = 1) -> dict[str, np.ndarray]:
+    """The encoder graph's inputs: the first radiograph of ``x``, or the volume ``x``, repeated ``batch`` times."""
+    from dicom_agent.inference.onnx_runner import MODALITY_INDEX
+
+    if kind == "cxr":
+        return {"image": np.repeat(x[:1, None], batch, axis=0)}
+    return {"volume": np.repeat(x[None], batch, axis=0), "modality": np.full((batch,), MODALITY_INDEX[kind], np.int64)}
+
+
+def torch_greedy(
+    model: Any, step: Any, ck: Any, cv: Any, prompt: list[int], eos: int, max_tokens: int = 32
+) -> list[int]:
+    """Greedy decoding through the torch ``DecStep`` with the KV cache, on the device of ``ck``, with the ONNX
+    runner's token budget (``BundleRunner.generate_ids``)."""
+    import torch
+
+    pk, pv = model.empty_past(1)
+    ids = torch.tensor([prompt], device=ck.device)
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(min(max_tokens, model.cfg.max_len - len(prompt))):
+            logits, pk, pv = step(ids, ck, cv, pk, pv)
+            nxt = int(logits[0].argmax())  # the host needs each token: on a GPU every step syncs, as it would in use
+            if nxt == eos:
+                break
+            tokens.append(nxt)
+            ids = torch.tensor([[nxt]], device=ck.device)
+    return tokens
+
+
 def ort_vs_torch(bundle: Path, checkpoint: Path | None, kind: str, threads: int, repeat: int) -> dict[str, Any]:
     import torch
 
-    from dicom_agent.inference.onnx_runner import MODALITY_INDEX, BundleRunner
+    from dicom_agent.inference.onnx_runner import BundleRunner, DecoderFeatures
 
     runner = BundleRunner(bundle, device="cpu", threads=threads)
-    x = _inputs(bundle, kind)
-    if kind == "cxr":
-        feeds = {"image": x[:1, None]}
-        graph = "enc2d"
-    else:
-        feeds = {"volume": x[None], "modality": np.array([MODALITY_INDEX[kind]], np.int64)}
-        graph = "enc3d"
+    feeds = encoder_feeds(kind, _inputs(bundle, kind))
+    graph = encoder_graph(kind)
     out = runner._run(graph, feeds)
     ort_enc = median_s(lambda: runner._run(graph, feeds), repeat)
-    from dicom_agent.inference.onnx_runner import DecoderFeatures
-
     feats = DecoderFeatures(out["cross_k"][:, :1], out["cross_v"][:, :1])
-    # a typical prompt: the findings text of two findings (bundles trained with it), then the instruction
-    prompt = runner.prompt_ids(
-        "report", "en", None, "Nodule in the right upper lobe, measuring 12 mm. Left pleural effusion."
-    )
+    prompt = runner.prompt_ids("report", "en", None, REPORT_FINDINGS)
     ort_dec = median_s(lambda: runner.generate_ids(feats, prompt, max_tokens=32), repeat)
     res: dict[str, Any] = {"ort_encoder_s": ort_enc, "ort_decode32_s": ort_dec}
     if checkpoint is None or not checkpoint.is_file():
@@ -144,43 +172,24 @@ def ort_vs_torch(bundle: Path, checkpoint: Path | None, kind: str, threads: int,
     step = DecStep(model).eval()
     ck, cv = torch.from_numpy(feats.cross_k), torch.from_numpy(feats.cross_v)
     eos = runner._special["<eos>"]
-
-    @torch.no_grad()
-    def torch_decode() -> None:
-        pk, pv = model.empty_past(1)
-        ids = torch.tensor([prompt])
-        for _ in range(32):
-            logits, pk, pv = step(ids, ck, cv, pk, pv)
-            nxt = int(logits[0].argmax())
-            if nxt == eos:
-                break
-            ids = torch.tensor([[nxt]])
-
     with torch.no_grad():
         res["torch_encoder_s"] = median_s(lambda: wrapper(*tfeeds), repeat)
-    res["torch_decode32_s"] = median_s(torch_decode, repeat)
+    res["torch_decode32_s"] = median_s(lambda: torch_greedy(model, step, ck, cv, prompt, eos), repeat)
     res["encoder_speedup"] = res["torch_encoder_s"] / ort_enc
     res["decode_speedup"] = res["torch_decode32_s"] / ort_dec
     return res
 
 
 def throughput(bundle: Path, kind: str, threads: int, repeat: int) -> dict[str, float]:
-    from dicom_agent.inference.onnx_runner import MODALITY_INDEX, BundleRunner
+    from dicom_agent.inference.onnx_runner import BundleRunner
 
     runner = BundleRunner(bundle, device="cpu", threads=threads)
     x = _inputs(bundle, kind)
+    graph = encoder_graph(kind)
     out = {}
     for batch in (1, 4, 8):
-        if kind == "cxr":
-            feeds = {"image": np.repeat(x[:1, None], batch, axis=0)}
-            graph = "enc2d"
-        else:
-            feeds = {
-                "volume": np.repeat(x[None], batch, axis=0),
-                "modality": np.full((batch,), MODALITY_INDEX[kind], np.int64),
-            }
-            graph = "enc3d"
-        out[f"batch{batch}_per_s"] = batch / median_s(lambda f=feeds, g=graph: runner._run(g, f), repeat)
+        feeds = encoder_feeds(kind, x, batch)
+        out[f"batch{batch}_per_s"] = batch / median_s(lambda f=feeds: runner._run(graph, f), repeat)
     return out
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -33,18 +32,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
+from model import KINDS, REPORT_FINDINGS, encoder_feeds, encoder_graph, median_s, torch_greedy  # noqa: E402
 
-KINDS = ("cxr", "ct", "pet")
 BATCHES = (1, 4, 8, 32)
-PROMPT_FINDINGS = "Nodule in the right upper lobe, measuring 12 mm. Left pleural effusion."  # as bench/model.py
 
 
 def save_inputs(bundle: Path, out: Path) -> None:
     """The sample studies' model inputs, produced the adapter's way (needs the full environment)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from model import _inputs  # bench/model.py
+    from model import _inputs
 
     arrays = {kind: _inputs(bundle, kind)[:1] if kind == "cxr" else _inputs(bundle, kind) for kind in KINDS}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -52,48 +50,33 @@ def save_inputs(bundle: Path, out: Path) -> None:
     print(f"written {out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
-def timed(fn: Callable[[], object], sync: Callable[[], None], repeat: int, warmup: int = 3) -> float:
-    """Median seconds of ``fn`` (``sync`` waits for queued GPU work so that the clock stops when it is done)."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def feeds_for(kind: str, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    from dicom_agent.inference.onnx_runner import MODALITY_INDEX
-
-    if kind == "cxr":
-        return {"image": np.repeat(x[:1, None], batch, axis=0)}
-    return {"volume": np.repeat(x[None], batch, axis=0), "modality": np.full((batch,), MODALITY_INDEX[kind], np.int64)}
+def timed(fn: Callable[[], object], sync: Callable[[], None], repeat: int) -> float:
+    """Median seconds of ``fn`` until ``sync`` says its queued GPU work is done; 3 warm-up calls."""
+    return median_s(lambda: (fn(), sync()), repeat, warmup=3)
 
 
 def ort_figures(bundle: Path, kind: str, x: np.ndarray, device: str, repeat: int) -> dict[str, Any]:
     from dicom_agent.inference.onnx_runner import BundleRunner, DecoderFeatures
 
     runner = BundleRunner(bundle, device=device, threads=os.cpu_count())
-    graph = "enc2d" if kind == "cxr" else "enc3d"
+    graph = encoder_graph(kind)
     res: dict[str, Any] = {"provider": runner.providers[0], "threads": os.cpu_count()}
     for batch in BATCHES:
-        f = feeds_for(kind, x, batch)
+        f = encoder_feeds(kind, x, batch)
         s = timed(lambda f=f: runner._run(graph, f), lambda: None, repeat)
         res[f"batch{batch}_per_s"] = batch / s
         if batch == 1:
             res["encoder_s"] = s
-    out = runner._run(graph, feeds_for(kind, x, 1))
+    out = runner._run(graph, encoder_feeds(kind, x))
     feats = DecoderFeatures(out["cross_k"][:, :1], out["cross_v"][:, :1])
-    prompt = runner.prompt_ids("report", "en", None, PROMPT_FINDINGS)
+    prompt = report_prompt(runner)
     res["decode32_s"] = timed(lambda: runner.generate_ids(feats, prompt, max_tokens=32), lambda: None, repeat)
-    res["tokens"] = list(runner.generate_ids(feats, prompt, max_tokens=32))
-    res["_prompt"] = prompt
-    res["_eos"] = runner._special["<eos>"]
+    res["tokens"] = runner.generate_ids(feats, prompt, max_tokens=32)
     return res
+
+
+def report_prompt(runner: Any) -> list[int]:
+    return list(runner.prompt_ids("report", "en", None, REPORT_FINDINGS))
 
 
 @contextmanager
@@ -106,7 +89,8 @@ def precision(dtype: str, device: str) -> Iterator[None]:
 
 def torch_figures(
     checkpoint: Path, kind: str, x: np.ndarray, device: str, dtype: str, prompt: list[int], eos: int, repeat: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Timings, and the batch-1 finding probabilities and masks (for the fp16 fidelity check)."""
     import torch
 
     from models.export import ENC2D_OUTPUTS, ENC3D_OUTPUTS, DecStep, Enc2D, Enc3D, load_checkpoint
@@ -118,7 +102,7 @@ def torch_figures(
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def tensors(batch: int) -> list[torch.Tensor]:
-        return [torch.from_numpy(v).to(device) for v in feeds_for(kind, x, batch).values()]
+        return [torch.from_numpy(v).to(device) for v in encoder_feeds(kind, x, batch).values()]
 
     res: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": dtype}
     with precision(dtype, device):
@@ -130,39 +114,22 @@ def torch_figures(
                 res["encoder_s"] = s
         outs = wrapper(*tensors(1))
         ck, cv = outs[-2][:, :1], outs[-1][:, :1]
-
-        def decode() -> list[int]:
-            pk, pv = model.empty_past(1)
-            ids = torch.tensor([prompt], device=device)
-            tokens: list[int] = []
-            for _ in range(min(32, model.cfg.max_len - len(prompt))):  # the ORT runner's budget
-                logits, pk, pv = step(ids, ck, cv, pk, pv)
-                nxt = int(logits[0].argmax())  # the host needs each token: a real decode syncs every step too
-                if nxt == eos:
-                    break
-                tokens.append(nxt)
-                ids = torch.tensor([[nxt]], device=device)
-            return tokens
-
-        res["decode32_s"] = timed(decode, sync, repeat)
-        res["tokens"] = decode()
-    # probabilities and masks of batch 1, for the fp16 fidelity check
-    probs = outs[0].float().cpu().numpy()
+        res["decode32_s"] = timed(lambda: torch_greedy(model, step, ck, cv, prompt, eos), sync, repeat)
+        res["tokens"] = torch_greedy(model, step, ck, cv, prompt, eos)
     names = ENC2D_OUTPUTS if kind == "cxr" else ENC3D_OUTPUTS
-    res["_probs"] = probs
-    res["_seg"] = outs[names.index("seg")].float().cpu().numpy()
+    maps = {name: outs[names.index(name)].float().cpu().numpy() for name in ("probs", "seg")}
     if device == "cuda":
         res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.empty_cache()
-    return res
+    return res, maps
 
 
-def fidelity(fp32: dict[str, Any], fp16: dict[str, Any]) -> dict[str, Any]:
+def fidelity(fp32: dict[str, np.ndarray], fp16: dict[str, np.ndarray], same_tokens: bool) -> dict[str, Any]:
     return {
-        "max_abs_prob_change": float(np.abs(fp32["_probs"] - fp16["_probs"]).max()),
-        "seg_pixels_flipped": float(((fp32["_seg"] > 0.5) != (fp16["_seg"] > 0.5)).mean()),
-        "same_tokens": fp32["tokens"] == fp16["tokens"],
+        "max_abs_prob_change": float(np.abs(fp32["probs"] - fp16["probs"]).max()),
+        "seg_pixels_flipped": float(((fp32["seg"] > 0.5) != (fp16["seg"] > 0.5)).mean()),
+        "same_tokens": same_tokens,
     }
 
 
@@ -186,23 +153,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": str(args.bundle),
         "modalities": {},
     }
+    from dicom_agent.inference.onnx_runner import BundleRunner
+
+    probe = BundleRunner(args.bundle, device="cpu")
+    prompt, eos = report_prompt(probe), probe._special["<eos>"]
+    dtypes = ("fp32", "fp16") if device == "cuda" else ("fp32",)
     for kind in args.kinds.split(","):
         x = inputs[kind]
         entry: dict[str, Any] = {"ort_cpu": ort_figures(args.bundle, kind, x, "cpu", args.repeat)}
         if "CUDAExecutionProvider" in ort.get_available_providers():
             entry["ort_cuda"] = ort_figures(args.bundle, kind, x, "cuda", args.repeat)
-        prompt, eos = entry["ort_cpu"].pop("_prompt"), entry["ort_cpu"].pop("_eos")
-        entry.get("ort_cuda", {}).pop("_prompt", None), entry.get("ort_cuda", {}).pop("_eos", None)
-        dtypes = ("fp32", "fp16") if device == "cuda" else ("fp32",)
+        maps = {}
         for dtype in dtypes:
-            entry[f"torch_{device}_{dtype}"] = torch_figures(
-                args.checkpoint, kind, x, device, dtype, prompt, eos, args.repeat
-            )
+            name = f"torch_{device}_{dtype}"
+            entry[name], maps[dtype] = torch_figures(args.checkpoint, kind, x, device, dtype, prompt, eos, args.repeat)
         if device == "cuda":
-            entry["fp16_vs_fp32"] = fidelity(entry["torch_cuda_fp32"], entry["torch_cuda_fp16"])
-        for figures in entry.values():
-            for key in ("_probs", "_seg"):
-                figures.pop(key, None)
+            same = entry["torch_cuda_fp32"]["tokens"] == entry["torch_cuda_fp16"]["tokens"]
+            entry["fp16_vs_fp32"] = fidelity(maps["fp32"], maps["fp16"], same)
         entry["torch_vs_ort_cpu_same_tokens"] = entry[f"torch_{device}_fp32"]["tokens"] == entry["ort_cpu"]["tokens"]
         results["modalities"][kind] = entry
         print(f"{kind} done", file=sys.stderr, flush=True)
