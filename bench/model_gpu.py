@@ -55,10 +55,9 @@ def timed(fn: Callable[[], object], sync: Callable[[], None], repeat: int) -> fl
     return median_s(lambda: (fn(), sync()), repeat, warmup=3)
 
 
-def ort_figures(bundle: Path, kind: str, x: np.ndarray, device: str, repeat: int) -> dict[str, Any]:
-    from dicom_agent.inference.onnx_runner import BundleRunner, DecoderFeatures
+def ort_figures(runner: Any, kind: str, x: np.ndarray, prompt: list[int], repeat: int) -> dict[str, Any]:
+    from dicom_agent.inference.onnx_runner import DecoderFeatures
 
-    runner = BundleRunner(bundle, device=device, threads=os.cpu_count())
     graph = encoder_graph(kind)
     res: dict[str, Any] = {"provider": runner.providers[0], "threads": os.cpu_count()}
     for batch in BATCHES:
@@ -69,7 +68,6 @@ def ort_figures(bundle: Path, kind: str, x: np.ndarray, device: str, repeat: int
             res["encoder_s"] = s
     out = runner._run(graph, encoder_feeds(kind, x))
     feats = DecoderFeatures(out["cross_k"][:, :1], out["cross_v"][:, :1])
-    prompt = report_prompt(runner)
     res["decode32_s"] = timed(lambda: runner.generate_ids(feats, prompt, max_tokens=32), lambda: None, repeat)
     res["tokens"] = runner.generate_ids(feats, prompt, max_tokens=32)
     return res
@@ -88,15 +86,14 @@ def precision(dtype: str, device: str) -> Iterator[None]:
 
 
 def torch_figures(
-    checkpoint: Path, kind: str, x: np.ndarray, device: str, dtype: str, prompt: list[int], eos: int, repeat: int
+    model: Any, kind: str, x: np.ndarray, device: str, dtype: str, prompt: list[int], eos: int, repeat: int
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Timings, and the batch-1 finding probabilities and masks (for the fp16 fidelity check)."""
+    """Timings of ``model`` (already on ``device``), and the batch-1 finding probabilities and masks (for the fp16
+    fidelity check)."""
     import torch
 
-    from models.export import ENC2D_OUTPUTS, ENC3D_OUTPUTS, DecStep, Enc2D, Enc3D, load_checkpoint
+    from models.export import ENC2D_OUTPUTS, ENC3D_OUTPUTS, DecStep, Enc2D, Enc3D
 
-    model, _ = load_checkpoint(checkpoint)
-    model = model.to(device)
     wrapper = (Enc2D(model) if kind == "cxr" else Enc3D(model)).eval()
     step = DecStep(model).eval()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -154,19 +151,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "modalities": {},
     }
     from dicom_agent.inference.onnx_runner import BundleRunner
+    from models.export import load_checkpoint
 
-    probe = BundleRunner(args.bundle, device="cpu")
-    prompt, eos = report_prompt(probe), probe._special["<eos>"]
+    # each loaded once: ONNX Runtime per provider (CPU with every core; CUDA where the installed build has it)
+    runners = {"cpu": BundleRunner(args.bundle, device="cpu", threads=os.cpu_count())}
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        runners["cuda"] = BundleRunner(args.bundle, device="cuda", threads=os.cpu_count())
+    prompt, eos = report_prompt(runners["cpu"]), runners["cpu"]._special["<eos>"]
+    model = load_checkpoint(args.checkpoint)[0].to(device)
     dtypes = ("fp32", "fp16") if device == "cuda" else ("fp32",)
     for kind in args.kinds.split(","):
         x = inputs[kind]
-        entry: dict[str, Any] = {"ort_cpu": ort_figures(args.bundle, kind, x, "cpu", args.repeat)}
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            entry["ort_cuda"] = ort_figures(args.bundle, kind, x, "cuda", args.repeat)
+        entry: dict[str, Any] = {
+            f"ort_{provider}": ort_figures(runner, kind, x, prompt, args.repeat) for provider, runner in runners.items()
+        }
         maps = {}
         for dtype in dtypes:
             name = f"torch_{device}_{dtype}"
-            entry[name], maps[dtype] = torch_figures(args.checkpoint, kind, x, device, dtype, prompt, eos, args.repeat)
+            entry[name], maps[dtype] = torch_figures(model, kind, x, device, dtype, prompt, eos, args.repeat)
         if device == "cuda":
             same = entry["torch_cuda_fp32"]["tokens"] == entry["torch_cuda_fp16"]["tokens"]
             entry["fp16_vs_fp32"] = fidelity(maps["fp32"], maps["fp16"], same)
