@@ -9,7 +9,9 @@ import pytest
 
 from dicom_agent.inference.onnx_runner import (
     BundleRunner,
+    DetectedBox,
     grow_from_seeds,
+    label_share,
     mask_component_boxes,
     mask_components,
     threshold_mask,
@@ -135,3 +137,39 @@ def test_cores_are_given_for_the_labels_masked_below_the_default() -> None:
     volume = np.repeat(seg[None], 2, axis=0)  # (D,L,s,s)
     assert runner.cores("cxr", volume, 1, [keys[0]])[keys[0]].shape == (2, 4, 4)
     assert runner.cores("ct", volume, 1, [keys[0]]) == {}
+
+
+def test_label_share_is_the_labels_part_of_the_focal_evidence_in_the_box() -> None:
+    seg = np.zeros((3, 16, 16), np.float32)
+    seg[0, 2:6, 2:6] = 0.8  # label 0 leads here
+    seg[1, 2:6, 2:6] = 0.4
+    seg[2, 2:6, 2:6] = 0.9  # label 2 is not a rival: only the listed labels compete
+    box = DetectedBox("x", 1.0, 2, 2, 6, 6)
+    assert label_share(seg, box, 0, [0, 1]) == pytest.approx(1.0)
+    assert label_share(seg, box, 1, [0, 1]) == pytest.approx(0.5)
+    assert label_share(np.zeros_like(seg), box, 1, [0, 1]) == 0.0  # no evidence at all: no share
+
+
+def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    nodule, mass = keys.index("nodule"), keys.index("mass")
+    effusion, lesion = keys.index("pleural_effusion"), keys.index("hypermetabolic_lesion")
+    side = 64
+    seg = np.zeros((len(keys), side, side), np.float32)
+    seg[mass, 10:30, 10:30] = 0.9  # a mass, also seen faintly as a "nodule"
+    seg[nodule, 10:30, 10:30] = 0.6
+    seg[nodule, 40:46, 40:46] = 0.7  # the real nodule
+    seg[effusion, 10:30, 10:30] = 0.95  # not focal: no rival of the focal labels, scored as before
+    seg[lesion, 10:30, 10:30] = 0.6
+    heat = np.zeros((len(keys), 8, 8), np.float32)
+    size = offset = np.zeros((2, 8, 8), np.float32)
+    probs = np.ones(len(keys), np.float32)
+    runner.box_source = {kind: {key: "mask" for key in keys} for kind in ("cxr", "pet")}
+    by_label = {b.label: b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label != "nodule"}
+    nodules = [b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label == "nodule"]
+    assert [(b.x0, b.y0) for b in nodules] == [(40, 40), (10, 10)]  # its own lesion first
+    assert nodules[0].score == pytest.approx(0.7) and nodules[1].score == pytest.approx(0.6 * 0.6 / 0.9)
+    assert by_label["mass"].score == pytest.approx(0.9) and by_label["pleural_effusion"].score == pytest.approx(0.95)
+    pet = [b for b in runner.boxes("pet", heat, size, offset, seg, probs, 0.3) if b.label == "hypermetabolic_lesion"]
+    assert [b.score for b in pet] == [pytest.approx(0.6)]  # PET's one focal label has no rival
