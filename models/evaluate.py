@@ -183,29 +183,31 @@ def raw_outputs(runner: Any, samples: list[Sample], images: np.ndarray | None = 
         for i in range(0, len(samples), 16):
             o = runner._run("enc2d", {"image": imgs[i : i + 16, None]})
             for j in range(o["probs"].shape[0]):
-                yield {k: o[k][j] for k in ("probs", "heatmap", "size", "offset", "seg")}
+                yield {k: o[k][j] for k in ("probs", "heatmap", "size", "offset", "seg")} | {"image": imgs[i + j]}
         return
     for i in range(len(samples)):
         o = runner._run("enc3d", {"volume": imgs[i : i + 1], "modality": np.array([MODALITY_INDEX[kind]], np.int64)})
         yield {k: o[k][0] for k in ("probs", "heatmap", "size", "offset", "seg", "relevance")} | {
-            "top": o["top_slices"][0]
+            "top": o["top_slices"][0],
+            "image": imgs[i],
         }
 
 
 def decode(runner: Any, kind: str, raw: dict[str, Any], box_source: str | None = None) -> dict[str, Any]:
     """One case's raw outputs as the runtime decodes them: probabilities (L,), detections
-    [(score, slice or -1, label, box)], seg (bool, label axis first) at each label's mask threshold, and for
+    [(score, slice or -1, label, box)], seg (bool, label axis first) at each label's mask threshold (delineated
+    where the manifest says so), and for
     volumes the slice relevance and top slices. ``box_source`` forces "heatmap" or "mask" for every label."""
     if kind == "cxr":
         heads = raw["heatmap"], raw["size"], raw["offset"]
-        masks = runner.binarize(kind, raw["seg"], axis=0)
+        masks = runner.outline(kind, runner.binarize(kind, raw["seg"], axis=0), raw["image"], axis=0)
         dets = runner.boxes(kind, *heads, raw["seg"], raw["probs"], 0.02, 10, box_source, masks)
         return {
             "probs": raw["probs"],
             "dets": [(b.score, -1, b.label, (b.x0, b.y0, b.x1, b.y1)) for b in dets],
             "seg": masks,
         }
-    masks = runner.binarize(kind, raw["seg"], axis=1)  # (D,L,s,s)
+    masks = runner.outline(kind, runner.binarize(kind, raw["seg"], axis=1), raw["image"], axis=1)  # (D,L,s,s)
     slice_dets: list[tuple[float, int, str, tuple[float, float, float, float]]] = []
     for z in range(raw["seg"].shape[0]):
         heads = raw["heatmap"][z], raw["size"][z], raw["offset"][z]

@@ -106,14 +106,20 @@ def calibrate(
     bundle: Annotated[Path, typer.Option(help="bundle directory")] = DEFAULT_BUNDLE,
     cases: Annotated[int, typer.Option(min=5, help="validation phantoms per kind")] = 300,
 ) -> None:
-    """Re-choose a bundle's decoding (mask threshold, box source and whether masks give a side, per label) on
-    validation phantoms and record it in manifest.json; the graphs are unchanged, so no checkpoint is needed."""
+    """Re-choose a bundle's decoding (mask threshold, delineation, box source and whether masks give a side, per
+    label) on validation phantoms and record it in manifest.json; the graphs are unchanged, so no checkpoint is
+    needed."""
     _logging()
     from models.decoding import write_calibration
 
     decoding = write_calibration(bundle, cases)["decoding"]
     for kind, levels in decoding["mask_thresholds"].items():
         out(f"{kind} mask thresholds: " + ", ".join(f"{k} {v:g}" for k, v in levels.items()))
+    for kind, fractions in decoding.get("delineation", {}).items():
+        out(
+            f"{kind} lesions outlined at a fraction of their peak: "
+            + ", ".join(f"{k} {v:g}" for k, v in fractions.items())
+        )
     for kind, sources in decoding["box_source"].items():
         out(f"{kind} boxes from masks: " + ", ".join(sources))
     for kind, keys in decoding["unsided"].items():

@@ -63,6 +63,8 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     )
     runner = BundleRunner(smoke_bundle, device="cpu")
     assert runner.mask_thresholds == decoding["mask_thresholds"]
+    assert set(decoding["calibration"]["delineation_dice"]) == {"cxr", "ct", "pet"}
+    assert runner.delineation == decoding["delineation"]
 
 
 def test_labels_whose_masks_guess_the_side_are_left_unsided() -> None:
@@ -101,3 +103,33 @@ def test_the_shipped_bundle_reports_labels_without_sides_as_calibrated() -> None
     assert runner.unsided == {kind: set(keys) for kind, keys in decoding["unsided"].items()}
     for kind, keys in decoding["unsided"].items():  # each below the bar on the validation phantoms
         assert all(decoding["calibration"]["side_precision"][kind][key] < 0.75 for key in keys)
+
+
+def test_lesions_are_outlined_where_that_beats_the_networks_masks() -> None:
+    """Nodules drawn as bright discs whose edge is at half their peak, the network's masks too small: outlining
+    at half the peak is chosen. Masses whose masks are already right on a black image: nothing to gain, kept."""
+    from models.decoding import choose_delineation
+
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    runner.mask_thresholds, runner.delineation = {}, {}
+    nodule, mass = LABEL_KEYS.index("nodule"), LABEL_KEYS.index("mass")
+    rows, cols = np.indices((32, 64))
+    samples, raws = [], []
+    for i in range(MASK_MIN_CASES + 1):
+        r, c = 8 + i, 12 + 2 * i
+        d = np.sqrt((rows - r) ** 2 + (cols - c) ** 2)
+        image = np.where(d <= 4, 0.8 * (1 - 0.5 * (d / 4) ** 2), 0.4 * np.exp(-(((d - 4) / 1.5) ** 2)))
+        cls = np.zeros((32, 64), np.uint8)
+        cls[d <= 4] = nodule + 1
+        cls[20:26, 40:50] = mass + 1
+        seg = np.zeros((len(LABEL_KEYS), 32, 64), np.float32)
+        seg[nodule][d <= 3] = 0.9  # too small: the nodule's core
+        seg[mass, 20:26, 40:50] = 0.9
+        present = np.zeros(len(LABEL_KEYS), np.float32)
+        present[[nodule, mass]] = 1.0
+        samples.append(Sample("cxr", i, image.astype(np.float16), cls, present, [], {}, []))
+        raws.append({"seg": seg, "image": np.where(cls == mass + 1, 0.0, image).astype(np.float32)})
+    chosen, table = choose_delineation(runner, samples, raws)
+    assert chosen == {"nodule": 0.5} and table["nodule"]["0.5"] > 0.95 > table["nodule"]["mask"] + 0.2
+    assert table["mass"]["mask"] == 1.0 and "mass" not in chosen
+    assert "consolidation" not in table  # no validation case shows it

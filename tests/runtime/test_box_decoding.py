@@ -10,12 +10,14 @@ import pytest
 from dicom_agent.inference.onnx_runner import (
     BundleRunner,
     DetectedBox,
+    delineate,
     grow_from_seeds,
     label_share,
     mask_component_boxes,
     mask_components,
     threshold_mask,
 )
+from models.evaluate import dice
 
 BUNDLE = Path(__file__).resolve().parents[2] / "models" / "bundled"
 
@@ -173,3 +175,60 @@ def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> No
     assert by_label["mass"].score == pytest.approx(0.9) and by_label["pleural_effusion"].score == pytest.approx(0.95)
     pet = [b for b in runner.boxes("pet", heat, size, offset, seg, probs, 0.3) if b.label == "hypermetabolic_lesion"]
     assert [b.score for b in pet] == [pytest.approx(0.6)]  # PET's one focal label has no rival
+
+
+def test_components_are_face_connected_in_volumes_too() -> None:
+    mask = np.zeros((4, 6, 6), bool)
+    mask[0:2, 0:2, 0:2] = True  # a cube over two slices: one component
+    mask[2, 2, 2] = True  # touches the cube only at a corner: its own
+    mask[3, 4:6, 4] = True
+    lab = mask_components(mask)
+    assert len(np.unique(lab[0:2, 0:2, 0:2])) == 1 and lab[2, 2, 2] != lab[0, 0, 0]
+    assert len(np.unique(lab[mask])) == 3 and (lab[~mask] == 0).all()
+
+
+def _bump(shape: tuple[int, ...], centre: tuple[int, ...], radius: float, peak: float) -> np.ndarray:
+    """A lesion drawn as the phantoms draw PET lesions: peak * (1 - d^2 / 2r^2) inside, half the peak at the edge."""
+    d2 = sum(
+        (np.arange(n).reshape([-1 if a == i else 1 for a in range(len(shape))]) - c) ** 2
+        for i, (n, c) in enumerate(zip(shape, centre, strict=True))
+    )
+    d = np.sqrt(d2)
+    return np.where(
+        d <= radius,
+        peak * (1 - 0.5 * (np.minimum(d, radius) / radius) ** 2),
+        0.5 * peak * np.exp(-(((d - radius) / 1.5) ** 2)),
+    )
+
+
+def test_delineation_outlines_each_lesion_at_its_own_half_peak() -> None:
+    shape = (9, 40, 40)
+    image = _bump(shape, (4, 10, 10), 4.0, 0.9) + _bump(shape, (4, 28, 28), 5.0, 0.3)  # a hot and a faint one
+    truth = np.zeros(shape, bool)
+    for centre, radius in (((4, 10, 10), 4.0), ((4, 28, 28), 5.0)):
+        truth |= sum((np.indices(shape)[i] - c) ** 2 for i, c in enumerate(centre)) <= radius**2
+    network = np.zeros(shape, bool)
+    network[3:6, 8:13, 8:13] = True  # too small: the core of the hot lesion
+    network[2:7, 22:35, 22:35] = True  # too large: the faint lesion and its surroundings
+    drawn = delineate(image.astype(np.float32), network, 0.5)
+    assert dice(drawn, truth) > 0.9 > dice(network, truth) + 0.2
+    assert not drawn[:, 18:20, :].any()  # each part keeps to its own lesion
+    beside = np.zeros(shape, bool)
+    beside[4, 10, 16] = True  # next to the hot lesion, below its half peak: kept as drawn, not moved onto it
+    assert (delineate(image.astype(np.float32), beside, 0.5) == beside).all()
+    assert (delineate(np.zeros(shape, np.float32), network, 0.5) == network).all()  # a black image: nothing to cut
+
+
+def test_the_runner_outlines_only_the_labels_the_manifest_names() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    shape = (9, 40, 40)
+    image = (0.05 + _bump(shape, (4, 10, 10), 4.0, 0.9)).astype(np.float32)
+    masks = np.zeros((shape[0], len(keys), *shape[1:]), bool)  # (D,L,s,s)
+    masks[3:6, :, 8:13, 8:13] = True
+    runner.delineation = {"pet": {"hypermetabolic_lesion": 0.5}}
+    out = runner.outline("pet", masks, image, axis=1)
+    lesion = keys.index("hypermetabolic_lesion")
+    assert out[:, lesion].sum() > masks[:, lesion].sum()
+    assert all((out[:, li] == masks[:, li]).all() for li in range(len(keys)) if li != lesion)
+    assert runner.outline("ct", masks, image, axis=1) is masks  # nothing named for CT
