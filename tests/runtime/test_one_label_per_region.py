@@ -59,3 +59,13 @@ def test_box_regions_cover_pixel_edges_and_stay_inside_the_grid() -> None:
     assert region.sum() == 4 * 3 and region[3:7, 2:5].all()  # rows 3..6, columns 2..4
     grown = _box_region(DetectedBox("mass", 1.0, 0.0, 0.0, 2.0, 10.0), (10, 10), margin=1)
     assert grown.sum() == 3 * 10 and grown[:, :3].all()
+
+
+def test_small_lesions_are_components_and_small_side_parts_are_not() -> None:
+    from dicom_agent.inference.bundle_adapter import MIN_LESION_VOXELS, MIN_PART_PIXELS, _components
+
+    mask = _blob(2, 6, 4, 12, 4, 12)
+    mask[7, 20, 20:22] = True  # two voxels: a 10 mm PET lesion on the 32 x 64^2 grid
+    assert [c.sum() for c in _components(mask, MIN_LESION_VOXELS)] == [4 * 8 * 8, 2]
+    assert [c.sum() for c in _components(mask, MIN_PART_PIXELS)] == [4 * 8 * 8]
+    assert _components(np.zeros((4, 4, 4), bool), MIN_LESION_VOXELS) == []
