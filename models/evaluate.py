@@ -196,8 +196,8 @@ def raw_outputs(runner: Any, samples: list[Sample], images: np.ndarray | None = 
 def decode(runner: Any, kind: str, raw: dict[str, Any], box_source: str | None = None) -> dict[str, Any]:
     """One case's raw outputs as the runtime decodes them: probabilities (L,), detections
     [(score, slice or -1, label, box)], seg (bool, label axis first) at each label's mask threshold (delineated
-    where the manifest says so), and for
-    volumes the slice relevance and top slices. ``box_source`` forces "heatmap" or "mask" for every label."""
+    where the manifest says so), and for volumes the slice relevance and top slices. ``box_source`` forces
+    "heatmap" or "mask" for every label."""
     if kind == "cxr":
         heads = raw["heatmap"], raw["size"], raw["offset"]
         masks = runner.outline(kind, runner.binarize(kind, raw["seg"], axis=0), raw["image"], axis=0)

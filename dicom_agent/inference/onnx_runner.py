@@ -282,6 +282,11 @@ def mask_component_boxes(prob: np.ndarray, mask: np.ndarray, label: str, weight:
     return boxes
 
 
+def _label_slot(ndim: int, axis: int, index: int) -> tuple[int | slice, ...]:
+    """The index of one label's plane in an array of rank ``ndim`` whose label axis is ``axis``."""
+    return tuple(index if a == axis else slice(None) for a in range(ndim))
+
+
 def label_share(seg: np.ndarray, box: DetectedBox, index: int, rivals: Sequence[int]) -> float:
     """How much of the focal evidence inside ``box`` is its own label's: the label's mean segmentation
     probability over the box (``seg`` (L,h,w), label ``index``) divided by the highest such mean among
@@ -412,9 +417,7 @@ class BundleRunner:
             return masks
         out = masks.copy()
         for key, fraction in fractions.items():
-            index: list[int | slice] = [slice(None)] * masks.ndim
-            index[axis] = self.label_keys.index(key)
-            part = tuple(index)
+            part = _label_slot(masks.ndim, axis, self.label_keys.index(key))
             out[part] = delineate(image, masks[part], fraction)
         return out
 
@@ -433,9 +436,7 @@ class BundleRunner:
         masks = np.asarray(seg >= levels.reshape(shape))
         for li, lab in enumerate(self.labels):
             if lab.focal and levels[li] < self.mask_threshold:
-                index: list[int | slice] = [slice(None)] * seg.ndim
-                index[axis] = li
-                part = tuple(index)
+                part = _label_slot(seg.ndim, axis, li)
                 masks[part] = threshold_mask(seg[part], float(levels[li]), self.mask_threshold)
         return masks
 
