@@ -4,7 +4,7 @@ Columns, all measured in this run:
 - preprocess: DICOM -> model input exactly as the adapter does it (pydicom radiograph, SimpleITK volume);
 - ORT vs torch eager: the encoder graph (enc2d / enc3d) and a greedy report decode (at most 32 tokens, both
   stop at the same <eos>), ONNX Runtime against the same weights in torch eager (``--checkpoint``, the training
-  run's ``checkpoint.pt``; same threads) — ratio;
+  run's ``checkpoint.pt``, or else the bundle's weights read back by ``models.readback``; same threads) — ratio;
 - end to end: ``BundleAdapter.predict`` on the sample study (preprocess, heads, map back, EN/ZH render,
   narrative), in a fresh process per modality, with its peak RSS;
 - throughput: encoder items/s at batch 1, 4, 8.
@@ -135,14 +135,16 @@ def torch_greedy(
 
     pk, pv = model.empty_past(1)
     ids = torch.tensor([prompt], device=ck.device)
+    seen = ids[:, :0]  # tokens of the cached positions (used by a decoder with the copy head)
     tokens: list[int] = []
     with torch.no_grad():
         for _ in range(min(max_tokens, model.cfg.max_len - len(prompt))):
-            logits, pk, pv = step(ids, ck, cv, pk, pv)
+            logits, pk, pv = step(ids, ck, cv, pk, pv, seen)
             nxt = int(logits[0].argmax())  # the host needs each token: on a GPU every step syncs, as it would in use
             if nxt == eos:
                 break
             tokens.append(nxt)
+            seen = torch.cat([seen, ids], dim=1)
             ids = torch.tensor([[nxt]], device=ck.device)
     return tokens
 
@@ -161,12 +163,16 @@ def ort_vs_torch(bundle: Path, checkpoint: Path | None, kind: str, threads: int,
     prompt = runner.prompt_ids("report", "en", None, REPORT_FINDINGS)
     ort_dec = median_s(lambda: runner.generate_ids(feats, prompt, max_tokens=32), repeat)
     res: dict[str, Any] = {"ort_encoder_s": ort_enc, "ort_decode32_s": ort_dec}
-    if checkpoint is None or not checkpoint.is_file():
-        return res
     from models.export import DecStep, Enc2D, Enc3D, load_checkpoint
+    from models.readback import model_from_bundle
 
     torch.set_num_threads(threads)
-    model, _ = load_checkpoint(checkpoint)
+    if checkpoint is not None and checkpoint.is_file():
+        model, _ = load_checkpoint(checkpoint)
+        res["torch_weights"] = str(checkpoint)
+    else:  # no training run here: the bundle's own weights, read back from its graphs
+        model, _ = model_from_bundle(bundle)
+        res["torch_weights"] = "read back from the bundle"
     tfeeds = [torch.from_numpy(v) for v in feeds.values()]
     wrapper = (Enc2D(model) if kind == "cxr" else Enc3D(model)).eval()
     step = DecStep(model).eval()

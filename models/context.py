@@ -4,7 +4,8 @@ At inference the decoder's prompt starts with the impression the deterministic r
 findings (``dicom_agent.inference.render``); in stage 2 the same renderer writes it from the phantom's ground
 truth, so the decoder learns to answer from that text. The runtime sometimes cannot give a finding its side,
 location or size (an empty mask, no box): ``drop`` removes those attributes at random so that the decoder also
-learns to fall back on the image when the text is silent.
+learns to fall back on the image when the text is silent. ``counterfactual`` moves and resizes the findings
+so that some answers are in the text only: the decoder learns to copy from it instead of recognising the image.
 """
 
 from __future__ import annotations
@@ -56,6 +57,37 @@ def findings_of(
                 size_mm=round(float(size_mm), 1) if size_mm is not None else None,
             )
         )
+    return out
+
+
+Places = dict[tuple[str, str], list[tuple[str | None, str | None]]]  # (kind, label) -> (location, laterality)
+
+
+def places_of(lesions_by_kind: dict[str, list[Sequence[LesionFacts]]]) -> Places:
+    """Every (location, laterality) each kind's phantoms give each label: where a counterfactual may move it."""
+    out: Places = {}
+    for kind, cases in lesions_by_kind.items():
+        for lesions in cases:
+            for label, location, laterality, _ in lesions:
+                seen = out.setdefault((kind, label), [])
+                if (location, laterality) not in seen:
+                    seen.append((location, laterality))
+    return out
+
+
+def counterfactual(
+    kind: str, lesions: Sequence[LesionFacts], places: Places, rng: np.random.Generator, spread: float = 0.4
+) -> list[LesionFacts]:
+    """The same findings moved to other places the phantoms use for them and resized by up to ``spread`` (log
+    scale): facts the image does not show. A decoder asked about them can only answer from the findings text,
+    which is what it must do at inference, where the text is the heads' result of record."""
+    out = []
+    for label, location, laterality, size_mm in lesions:
+        options = places.get((kind, label)) or [(location, laterality)]
+        location, laterality = options[int(rng.integers(len(options)))]
+        if size_mm is not None:
+            size_mm = round(float(size_mm) * float(np.exp(rng.uniform(-spread, spread))), 1)
+        out.append((label, location, laterality, size_mm))
     return out
 
 

@@ -301,10 +301,18 @@ class _VqaTally:
         self.correct: dict[str, list[int]] = defaultdict(list)
         self.by_kind: dict[str, list[int]] = defaultdict(list)
         self.disagree: list[int] = []
+        self.where_disagree: list[int] = []
         self.answers_seen: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
         self.records: list[tuple[tuple[str, str, str], str]] = []
 
-    def add(self, qa: tuple[str, str, str, str], got: str, heads_present: set[str]) -> None:
+    def add(
+        self,
+        qa: tuple[str, str, str, str],
+        got: str,
+        heads_present: set[str],
+        heads_where: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """One answer; ``heads_where``: per label, the location (by language) of its largest finding."""
         lang, q, a, qkind = qa
         ok = int(_norm_answer(got) == _norm_answer(a))
         self.correct[lang].append(ok)
@@ -316,6 +324,8 @@ class _VqaTally:
         dec = _norm_answer(got)
         if qkind == "presence" and key is not None and (dec in YES or dec in NO):
             self.disagree.append(int((dec in YES) != (key in heads_present)))
+        if qkind == "location" and key is not None and key in (heads_where or {}):
+            self.where_disagree.append(int(dec != _norm_answer((heads_where or {})[key][lang])))
 
     def summary(self) -> dict[str, Any]:
         # prior: always give the most frequent answer of the question's family (language, kind, finding)
@@ -326,6 +336,8 @@ class _VqaTally:
             "questions": len(self.records),
             "prior": float(np.mean(prior)) if prior else None,
             "decoder_heads_disagreement": float(np.mean(self.disagree)) if self.disagree else None,
+            # location answers that name another place than the heads' largest finding of that label
+            "location_disagreement": float(np.mean(self.where_disagree)) if self.where_disagree else None,
         }
 
 
@@ -382,9 +394,10 @@ def runtime_metrics(
                 if previous is not None:
                     runs.append(("shuffled", previous))
             for name, used in runs:
-                present = {f.label for f in used.inputs[0].findings} if used.inputs else set()
+                heads = used.inputs[0].findings if used.inputs else []
+                present = {f.label for f in heads}
                 for item in qa:
-                    tallies[name].add(item, adapter.answer(used, item[1], item[0]), present)
+                    tallies[name].add(item, adapter.answer(used, item[1], item[0]), present, _largest_places(heads))
             previous = analysis
         shutil.rmtree(folder, ignore_errors=True)
         if i >= report_cases:
@@ -428,6 +441,16 @@ def runtime_metrics(
         if controls:
             out["control_blank"] = {"vqa": tallies["blank"].summary()}
             out["control_shuffled"] = {"vqa": tallies["shuffled"].summary()}
+    return out
+
+
+def _largest_places(findings: list[Any]) -> dict[str, dict[str, str]]:
+    """Per label, the location names of its largest located finding: what a location question's answer
+    copies from the findings text (which names each label's findings largest first)."""
+    out: dict[str, dict[str, str]] = {}
+    for f in sorted(findings, key=lambda f: -(f.size_mm or 0.0)):
+        if f.present and f.location_en and f.location_zh and f.label not in out:
+            out[f.label] = {"en": f.location_en, "zh": f.location_zh}
     return out
 
 
@@ -514,7 +537,8 @@ def format_tables(metrics: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| modality | VQA EN | VQA ZH | questions | answer prior | blank image | shuffled image | decoder≠heads |",
+        "| modality | VQA EN | VQA ZH | questions | answer prior | blank image | shuffled image | decoder≠heads "
+        "(presence / location) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for kind, m in metrics["modalities"].items():
@@ -528,7 +552,8 @@ def format_tables(metrics: dict[str, Any]) -> str:
 
         lines.append(
             f"| {kind} | {_fmt(v['exact_match'].get('en'))} | {_fmt(v['exact_match'].get('zh'))} | {v['questions']} | "
-            f"{_fmt(v['prior'])} | {both(b)} | {both(s)} | {_fmt(v['decoder_heads_disagreement'])} |"
+            f"{_fmt(v['prior'])} | {both(b)} | {both(s)} | {_fmt(v['decoder_heads_disagreement'])} / "
+            f"{_fmt(v.get('location_disagreement'))} |"
         )
     if any("report" in m for m in metrics["modalities"].values()):
         lines += [
@@ -575,6 +600,7 @@ def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
             entry["vqa_blank_image"] = m["control_blank"]["vqa"]["exact_match"]
             entry["vqa_shuffled_image"] = m["control_shuffled"]["vqa"]["exact_match"]
             entry["decoder_heads_disagreement"] = m["vqa"]["decoder_heads_disagreement"]
+            entry["location_disagreement"] = m["vqa"].get("location_disagreement")
         if "report" in m:
             entry["rendered_text"] = m["report"]
         if "out_of_range" in m:

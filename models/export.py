@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.8.1"
+BUNDLE_VERSION = "0.9.0"
 OPSET = 18
 
 
@@ -98,7 +98,8 @@ ENC3D_OUTPUTS = [
 
 
 class DecStep(nn.Module):
-    """One decoder step over ``t`` new tokens given the cache: returns the LAST position's logits."""
+    """One decoder step over ``t`` new tokens given the cache: returns the LAST position's logits. A decoder with
+    the copy head also takes ``past_ids``, the tokens of the cached positions (what it may copy)."""
 
     def __init__(self, model: UnifiedModel) -> None:
         super().__init__()
@@ -111,9 +112,15 @@ class DecStep(nn.Module):
         cross_v: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
+        past_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, pk, pv = self.decoder(input_ids, cross_k, cross_v, past_k, past_v)
+        logits, pk, pv = self.decoder(input_ids, cross_k, cross_v, past_k, past_v, past_ids)
         return logits[:, -1], pk, pv
+
+
+def dec_inputs(cfg: NetConfig) -> list[str]:
+    """The decoder step graph's inputs (``past_ids`` only with the copy head)."""
+    return ["input_ids", "cross_k", "cross_v", "past_k", "past_v"] + (["past_ids"] if cfg.copy else [])
 
 
 DEC_OUTPUTS = ["logits", "present_k", "present_v"]
@@ -146,6 +153,7 @@ def example_inputs(cfg: NetConfig, batch: int = 2) -> dict[str, tuple[torch.Tens
             torch.randn(kv, generator=g),
             torch.randn(past, generator=g),
             torch.randn(past, generator=g),
+            *([torch.randint(0, cfg.vocab_size, (batch, 3), generator=g)] if cfg.copy else []),
         ),
     }
 
@@ -166,7 +174,7 @@ def export_graphs(model: UnifiedModel, out_dir: Path) -> dict[str, Path]:
         "enc3d": (Enc3D(model), ["volume", "modality"], ENC3D_OUTPUTS, {"volume": {0: batch}, "modality": {0: batch}}),
         "dec_step": (
             DecStep(model),
-            ["input_ids", "cross_k", "cross_v", "past_k", "past_v"],
+            dec_inputs(cfg),
             DEC_OUTPUTS,
             {
                 "input_ids": {0: batch, 1: tokens},
@@ -174,6 +182,7 @@ def export_graphs(model: UnifiedModel, out_dir: Path) -> dict[str, Path]:
                 "cross_v": {1: batch, 3: memory},
                 "past_k": {1: batch, 3: past},
                 "past_v": {1: batch, 3: past},
+                **({"past_ids": {0: batch, 1: past}} if cfg.copy else {}),
             },
         ),
     }
@@ -259,9 +268,12 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
                 "cross_v": kv,
                 "past_k": f"[{cfg.dec_layers}, N, {cfg.heads}, P, {cfg.d // cfg.heads}] (P = 0 on the first step)",
                 "past_v": "same as past_k",
+                **({"past_ids": "[N, P] int64 the tokens of the cached positions (copy head)"} if cfg.copy else {}),
             },
             "outputs": {
-                "logits": f"[N, {cfg.vocab_size}] logits of the last position",
+                "logits": f"[N, {cfg.vocab_size}] "
+                + ("log probabilities (vocabulary + copy)" if cfg.copy else "logits")
+                + " of the last position",
                 "present_k": "past_k with the t new positions appended (P + t)",
                 "present_v": "same as present_k",
             },

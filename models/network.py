@@ -56,6 +56,10 @@ class NetConfig:
     # 1: the standardised cells also feed the segmentation decoder as a map (needs ``coarse``). Effusion and
     # pneumothorax masks stayed empty without it (Dice 0.0): the decoder saw only the tokens and 3x3 skips
     coarse_seg: int = 1
+    # 1: a pointer head (See et al. 2017, pointer-generator) mixes the vocabulary distribution with a copy of a
+    # token already in the sequence. Without it the 0.8 decoder never learned to copy a place or a size out of the
+    # findings text (it answered from the image); 0 keeps the bundles made before it loadable
+    copy: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -261,6 +265,16 @@ class TextDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d)
         nn.init.normal_(self.tok.weight, std=0.02)  # tied output layer: unit-variance init gives logits ~ 10x too big
         nn.init.normal_(self.pos.weight, std=0.02)
+        self.copy_q: nn.Linear | None = None
+        self.copy_gate: nn.Linear | None = None
+        if cfg.copy:
+            # copy attention: a query from the output state against the last block's self-attention keys (cached
+            # already), averaged over heads; the gate starts at p(generate) = 0.88 so a trained decoder keeps
+            # its answers until the copy pays
+            self.copy_q = nn.Linear(cfg.d, cfg.d)
+            self.copy_gate = nn.Linear(cfg.d, 1)
+            nn.init.zeros_(self.copy_gate.weight)
+            nn.init.constant_(self.copy_gate.bias, 2.0)
 
     def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Visual memory (N,M,d) -> stacked cross K and V, each (layers, N, heads, M, dh)."""
@@ -275,8 +289,11 @@ class TextDecoder(nn.Module):
         cross_v: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
+        past_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids (N,t); past K/V (layers,N,heads,P,dh), P may be 0 -> logits (N,t,V), present K/V (P+t)."""
+        """ids (N,t); past K/V (layers,N,heads,P,dh), P may be 0 -> logits (N,t,V), present K/V (P+t). With the
+        copy head, ``past_ids`` (N,P) are the tokens of the cached positions and the "logits" are log
+        probabilities of the mixture (greedy decoding and cross-entropy treat both alike)."""
         t = ids.shape[1]
         p = past_k.shape[3]
         q_pos = torch.arange(t, device=ids.device) + p
@@ -288,8 +305,28 @@ class TextDecoder(nn.Module):
             x, k, v = blk(x, mask, past_k[i], past_v[i], cross_k[i], cross_v[i])
             pk.append(k)
             pv.append(v)
-        logits = self.norm(x) @ self.tok.weight.t()
+        h = self.norm(x)
+        logits = h @ self.tok.weight.t()
+        if self.copy_q is not None and self.copy_gate is not None:
+            if past_ids is None:
+                past_ids = ids[:, :0]
+            logits = self._mix_copy(h, logits, pk[-1], mask, torch.cat([past_ids, ids], dim=1))
         return logits, torch.stack(pk), torch.stack(pv)
+
+    def _mix_copy(
+        self, h: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, all_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """log(g * softmax(logits) + (1 - g) * copy): copy = attention over the positions so far (keys (N,H,P+t,dh)
+        of the last block), put on their token ids."""
+        assert self.copy_q is not None and self.copy_gate is not None
+        n, t, d = h.shape
+        heads = keys.shape[1]
+        q = self.copy_q(h).reshape(n, t, heads, d // heads).transpose(1, 2)
+        scores = (q @ keys.transpose(-1, -2)) / math.sqrt(d // heads)
+        attn = scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)  # (N,t,P+t)
+        copy = attn @ F.one_hot(all_ids, self.cfg.vocab_size).to(attn.dtype)
+        gate = torch.sigmoid(self.copy_gate(h))
+        return torch.log((gate * logits.softmax(-1) + (1 - gate) * copy).clamp_min(1e-9))
 
 
 class UnifiedModel(nn.Module):

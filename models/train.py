@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from models.context import findings_of, findings_text
+from models.context import LesionFacts, counterfactual, findings_of, findings_text, places_of
 from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
 from models.network import NetConfig, UnifiedModel, count_parameters
@@ -68,6 +68,18 @@ class TrainConfig:
     # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions
     qa_balance: bool = True
+    # question kinds drawn more often than the others (kind-balanced sampling): the answers copied from the
+    # findings text. At equal shares the decoder of 0.8.x answered every location, side and size question with
+    # one constant whatever the text said (docs/model.md, "Copying from the findings text")
+    qa_weights: dict[str, float] = field(default_factory=lambda: {"location": 3.0, "laterality": 3.0, "size": 3.0})
+    # share of stage-2 questions asked about counterfactual findings (``models.context.counterfactual``: the
+    # case's findings moved and resized, the findings text and the answer rendered from them): the answer is in
+    # the text only. Without them the decoder recognised the training image (300 volumes, each asked hundreds of
+    # times) and answered from it, whatever the text said
+    context_swap: float = 0.5
+    # the decoder's pointer head (``NetConfig.copy``); a stage-2 start without one (``vision_from`` a 0.8 bundle)
+    # gets a new one
+    copy_head: bool = True
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
@@ -363,15 +375,34 @@ def stage1(
 
 
 def pick_question(
-    qa: Sequence[tuple[str, str, str, str]], rng: np.random.Generator, balance: bool
+    qa: Sequence[tuple[str, str, str, str]],
+    rng: np.random.Generator,
+    balance: bool,
+    weights: dict[str, float] | None = None,
 ) -> tuple[str, str, str, str]:
-    """One (lang, question, answer, kind) of a case; with ``balance``, a kind first (uniformly), then a question."""
+    """One (lang, question, answer, kind) of a case; with ``balance``, a kind first (uniformly, or in proportion
+    to ``weights``, 1 for a kind not named), then a question of it."""
     if not balance:
         return qa[int(rng.integers(len(qa)))]
     kinds = sorted({item[3] for item in qa})
-    kind = kinds[int(rng.integers(len(kinds)))]
+    if weights:
+        p = np.array([weights.get(k, 1.0) for k in kinds])
+        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+    else:
+        kind = kinds[int(rng.integers(len(kinds)))]
     of_kind = [item for item in qa if item[3] == kind]
     return of_kind[int(rng.integers(len(of_kind)))]
+
+
+def questions_about(
+    kind: str, lesions: Sequence[LesionFacts], rng: np.random.Generator
+) -> list[tuple[str, str, str, str]]:
+    """The phantom generator's questions and answers for these findings (no ratio or SUV: not in the facts)."""
+    from models.synthetic.case import Lesion
+    from models.synthetic.text import make_qa
+
+    found = [Lesion(label, location, laterality, size_mm) for label, location, laterality, size_mm in lesions]
+    return [(q.lang, q.question, q.answer, q.kind) for q in make_qa(kind, found, {}, rng)]
 
 
 @torch.no_grad()
@@ -408,6 +439,7 @@ def stage2(
     opt = torch.optim.AdamW(params, lr=cfg.lr2, weight_decay=0.01)
     pad = token_id(tok, PAD)
     index = [(k, i) for k, pool in pools.items() for i in range(len(pool))]
+    places = places_of({k: [smp.extra["lesions"] for smp in pool] for k, pool in pools.items()})  # type: ignore[misc]
     history = []
     model.train()
     for step in range(cfg.steps2):
@@ -425,7 +457,11 @@ def stage2(
                 context = findings_text(facts, lang) if facts is not None else None
                 ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
             else:
-                lang, q, a, _ = pick_question(s.qa, rng, cfg.qa_balance)
+                qa = s.qa
+                if facts is not None and cfg.context_swap and rng.random() < cfg.context_swap:
+                    moved = counterfactual(kind, s.extra["lesions"], places, rng)  # type: ignore[arg-type]
+                    facts, qa = findings_of(moved), questions_about(kind, moved, rng)  # the text is the only source
+                lang, q, a, _ = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
                 context = findings_text(facts, lang, q) if facts is not None else None
                 ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
         inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
@@ -502,7 +538,27 @@ def _stage1_state(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict
     return state, [h for h in history if h["stage"] == 1], state["seconds"]
 
 
-def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> Path:
+def with_copy_head(model: UnifiedModel) -> UnifiedModel:
+    """The same network with a freshly initialised copy head (its gate starts at p(generate) = 0.88)."""
+    out = UnifiedModel(NetConfig(**{**model.cfg.to_dict(), "copy": 1}))
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("decoder.copy_") for k in missing), (missing, unexpected)
+    return out
+
+
+def _bundle_start(bundle: Path) -> tuple[UnifiedModel, Tokenizer, dict[str, Any]]:
+    """A bundle's network and tokenizer, and what the manifest says of them (version, graph hashes, training)."""
+    from models.readback import model_from_bundle
+
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    model, untrained = model_from_bundle(bundle)
+    log.info("network read back from %s %s (in no graph, as initialised: %s)", bundle, manifest["version"], untrained)
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    files = {name: entry["sha256"] for name, entry in manifest["files"].items()}
+    return model, tok, {"bundle": manifest["version"], "files": files, "training": manifest.get("training")}
+
+
+def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, vision_from: Path | None = None) -> Path:
     """Run both stages; writes ``checkpoint.pt``, ``stage1.pt``, ``tokenizer.json`` and ``history.json`` into
     ``out_dir``.
 
@@ -510,6 +566,10 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
     again. Stage 2 draws from its own seeded generator, so this gives exactly what the full recipe gives with
     the same settings without stage 1 (16 of the shipped recipe's 27 minutes): how a decoder recipe is tried on a
     fixed vision side.
+
+    ``vision_from``: a bundle directory whose network (read back from its graphs, :mod:`models.readback`) and
+    tokenizer to take; stage 2 then continues from the bundle's decoder. How a decoder recipe is applied to a
+    shipped vision side whose training run is gone; the manifest names the bundle and its own training.
     """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -522,9 +582,20 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
     val = {k: make_samples(k, cfg.n_val, VAL_SEED) for k in pools}
     t_data = time.time() - t0
     log.info("data: %s in %.0fs", {k: len(v) for k, v in pools.items()}, t_data)
-    if stage1_from is None:
+    previous: dict[str, Any] | None = None
+    if vision_from is not None:
+        model, tok, previous = _bundle_start(vision_from)
+        net = model.cfg
+        h1: list[dict[str, Any]] = []
+        health = (previous.get("training") or {}).get("stage1_mask_health", [])
+        seconds1 = {"data": round(t_data, 1), "stage1": 0.0, "wall": round(time.time() - t0, 1), "cpu": 0.0}
+        start = {"config": net.to_dict(), "state_dict": model.state_dict(), "seconds": seconds1}
+        torch.save(start, out_dir / STAGE1_FILE)
+        t2 = time.time()
+    elif stage1_from is None:
         tok = train_tokenizer(corpus([s for p in pools.values() for s in p]), cfg.vocab_size)
-        net = NetConfig(**{"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), **cfg.net})
+        sizes = {"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), "copy": int(cfg.copy_head)}
+        net = NetConfig(**{**sizes, **cfg.net})
         model = UnifiedModel(net)
         fit_coarse_stats(model, pools)
         log.info("model: %d parameters, vocab %d", count_parameters(model), net.vocab_size)
@@ -554,15 +625,20 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
         (out_dir / STAGE1_FILE).write_bytes((stage1_from / STAGE1_FILE).read_bytes())
         log.info("stage 1 from %s (%d steps)", stage1_from, len(h1))
         t2 = time.time()
+    if cfg.copy_head and not model.cfg.copy:  # a start made without the copy head gets a new one
+        model = with_copy_head(model)
+        net = model.cfg
     c2 = time.process_time()
     tok.save(str(out_dir / "tokenizer.json"))
     # its own generator: stage 2 samples the same whether stage 1 ran here or came from another run
     h2 = stage2(model, pools, tok, cfg, np.random.default_rng([cfg.seed, 2]))
     t3 = time.time()
     thresholds = choose_thresholds(model, val)
-    # the recipe's cost: stage 1 as measured where it ran (here or in ``stage1_from``), stage 2 here
-    cpu = seconds1["cpu"] + time.process_time() - c2
-    total = seconds1["wall"] + time.time() - t2
+    # the recipe's cost: stage 1 as measured where it ran (here or in ``stage1_from``), stage 2 here; on a
+    # bundle's network, that bundle's whole training comes first
+    before = (previous or {}).get("training") or {}
+    cpu = seconds1["cpu"] + time.process_time() - c2 + before.get("cpu_seconds", 0.0)
+    total = seconds1["wall"] + time.time() - t2 + before.get("seconds", {}).get("total", 0.0)
     training = {
         "data": "synthetic phantoms generated by models/synthetic (make_case); not for clinical use",
         "train_seed_start": TRAIN_SEED,
@@ -582,6 +658,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None) -> P
             "total": round(total, 1),
         },
         "stage1_from": str(stage1_from) if stage1_from is not None else None,
+        "vision_from": previous,
         "stage1_mask_health": health,
         # CPU seconds of the process: on a shared machine wall time overstates the cost; cpu / threads is the
         # wall time the recipe would take with its cores to itself

@@ -36,11 +36,23 @@ def train(
         Path | None,
         typer.Option(help="run directory whose stage-1 model (stage1.pt) to train stage 2 on, instead of stage 1"),
     ] = None,
+    vision_from: Annotated[
+        Path | None,
+        typer.Option(help="bundle whose network (read back) and tokenizer stage 2 continues from, instead of stage 1"),
+    ] = None,
     context: Annotated[
         bool | None, typer.Option("--context/--no-context", help="findings text in the decoder prompts (stage 2)")
     ] = None,
     qa_balance: Annotated[
         bool | None, typer.Option("--qa-balance/--no-qa-balance", help="stage-2 questions sampled by kind")
+    ] = None,
+    qa_weight: Annotated[
+        list[str] | None,
+        typer.Option(help="KIND=WEIGHT: how often a stage-2 question kind is drawn, against 1 (repeatable)"),
+    ] = None,
+    context_swap: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="share of stage-2 questions about counterfactual findings (text only)"),
     ] = None,
 ) -> None:
     """Two-stage training budgeted by steps; writes checkpoint.pt, stage1.pt, tokenizer.json, history.json."""
@@ -66,10 +78,31 @@ def train(
         cfg.context = context
     if qa_balance is not None:
         cfg.qa_balance = qa_balance
+    if qa_weight:
+        cfg.qa_weights = _weights(qa_weight)
+    if context_swap is not None:
+        cfg.context_swap = context_swap
     if stage1_from is not None and not (stage1_from / "stage1.pt").is_file():
         fail(f"{stage1_from} has no stage1.pt (a run of this version of `dicom-agent model train` writes one)")
-    ckpt = run_train(cfg, out_dir, stage1_from)
+    if vision_from is not None and not (vision_from / "manifest.json").is_file():
+        fail(f"{vision_from} is not a bundle (no manifest.json)")
+    if vision_from is not None and stage1_from is not None:
+        fail("--vision-from and --stage1-from both give stage 2 its start: choose one")
+    ckpt = run_train(cfg, out_dir, stage1_from, vision_from)
     out(f"checkpoint {ckpt}")
+
+
+def _weights(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        kind, _, value = item.partition("=")
+        try:
+            out[kind.strip()] = float(value)
+        except ValueError:
+            fail(f"--qa-weight wants KIND=WEIGHT, got {item!r}")
+        if out[kind.strip()] < 0:
+            fail(f"--qa-weight {item!r}: weights are not negative")
+    return out
 
 
 @app.command()

@@ -4,7 +4,8 @@ The bundle is three ONNX graphs plus a tokenizer, described by ``manifest.json``
 
 - ``enc2d``  image (N,1,S,S) float32 in [0,1]                         -> heads + decoder memory of radiographs
 - ``enc3d``  volume (N,D,s,s) float32 in [0,1], modality (N,) int64   -> per-slice heads, slice relevance, memory
-- ``dec_step`` input_ids (N,t) int64, cross_k/cross_v, past_k/past_v  -> last logits (N,V), present_k/present_v
+- ``dec_step`` input_ids (N,t) int64, cross_k/cross_v, past_k/past_v (+ past_ids (N,P) int64 with the copy head)
+  -> last logits (N,V), present_k/present_v
 
 This module only needs numpy, onnxruntime and tokenizers: it never imports ``models/`` (torch), so a worker
 loads it in a few hundred milliseconds. Preprocessing from DICOM (windowing, resampling) is the caller's job;
@@ -388,6 +389,8 @@ class BundleRunner:
             for name in ("enc2d", "enc3d", "dec_step")
         }
         self.providers = self.sessions["enc2d"].get_providers()
+        # a decoder with the copy head (bundles from 0.9.0) takes the tokens of its cached positions
+        self.copy_head = any(i.name == "past_ids" for i in self.sessions["dec_step"].get_inputs())
         log.info("model bundle %s %s on %s", self.manifest["name"], self.manifest["version"], self.providers[0])
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / files["tokenizer"]["path"]))
         special = self.manifest["special_tokens"]
@@ -589,21 +592,24 @@ class BundleRunner:
         ids = np.asarray([prompt], dtype=np.int64)
         out: list[int] = []
         sess = self.sessions["dec_step"]
+        copies = self.copy_head
+        seen = np.zeros((1, 0), np.int64)  # tokens of the cached positions, for a decoder that copies
         for _ in range(max(budget, 0)):
-            logits, past_k, past_v = sess.run(
-                ["logits", "present_k", "present_v"],
-                {
-                    "input_ids": ids,
-                    "cross_k": features.cross_k,
-                    "cross_v": features.cross_v,
-                    "past_k": past_k,
-                    "past_v": past_v,
-                },
-            )
+            feeds = {
+                "input_ids": ids,
+                "cross_k": features.cross_k,
+                "cross_v": features.cross_v,
+                "past_k": past_k,
+                "past_v": past_v,
+            }
+            if copies:
+                feeds["past_ids"] = seen
+            logits, past_k, past_v = sess.run(["logits", "present_k", "present_v"], feeds)
             nxt = int(np.argmax(logits[0]))
             if nxt == eos:
                 break
             out.append(nxt)
+            seen = np.concatenate([seen, ids], axis=1)
             ids = np.asarray([[nxt]], dtype=np.int64)
         return out
 

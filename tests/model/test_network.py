@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from models.labels import LABEL_KEYS
 from models.network import CELL_CLIP, COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
@@ -205,3 +206,32 @@ def test_forward_and_decoding_create_no_tensor_off_the_model_device() -> None:
     assert o2["logits"].device.type == o3["logits"].device.type == logits.device.type == "meta"
     assert logits.shape == (2, 5, cfg.vocab_size)
     assert all(t.device.type == "meta" for t in model.empty_past(3))
+
+
+def test_copy_head_puts_probability_only_on_tokens_already_in_the_sequence() -> None:
+    """With the gate all on copying, each position's next-token distribution lies on the tokens seen so far;
+    and decoding step by step with the cache (``past_ids``) gives the full pass's distributions."""
+    torch.manual_seed(0)
+    model = UnifiedModel(replace(TINY, copy=1)).eval()
+    assert model.decoder.copy_gate is not None
+    nn.init.constant_(model.decoder.copy_gate.bias, -30.0)
+    memory = torch.randn(1, 5, TINY.d)
+    ids = torch.tensor([[5, 9, 9, 17, 3]])
+    with torch.no_grad():
+        logp = model.text_logits(ids, memory)[0]
+    for t in range(ids.shape[1]):
+        assert logp[t].exp()[sorted(set(ids[0, : t + 1].tolist()))].sum() > 0.999
+    ck, cv = model.decoder.cross_kv(memory)
+    pk, pv = model.empty_past(1)
+    with torch.no_grad():
+        first, pk, pv = model.decoder(ids[:, :3], ck, cv, pk, pv)
+        last, _, _ = model.decoder(ids[:, 3:], ck, cv, pk, pv, ids[:, :3])
+    torch.testing.assert_close(torch.cat([first, last], 1)[0], logp, atol=1e-5, rtol=1e-5)
+
+
+def test_copy_head_decodes_on_the_model_device() -> None:
+    model = UnifiedModel(replace(TINY, copy=1, image_size=32, slice_size=32, depth=4, top_k=2)).to("meta").eval()
+    with torch.no_grad():
+        o2 = model.forward_2d(torch.zeros(2, 1, 32, 32, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+        logits = model.text_logits(torch.zeros(2, 5, dtype=torch.long, device="meta"), o2["memory"])
+    assert logits.device.type == "meta" and logits.shape == (2, 5, model.cfg.vocab_size)

@@ -168,10 +168,15 @@ def test_decoder_step_accepts_empty_past_and_batch(smoke_bundle: Path) -> None:
     dh = cfg["d"] // cfg["heads"]
     past = np.zeros((cfg["dec_layers"], 2, cfg["heads"], 0, dh), np.float32)
     ids = np.array([[2, 6, 7, 4], [2, 6, 8, 4]], np.int64)
-    logits, pk, _ = runner.sessions["dec_step"].run(
-        None, {"input_ids": ids, "cross_k": out["cross_k"], "cross_v": out["cross_v"], "past_k": past, "past_v": past}
-    )
+    feeds = {"input_ids": ids, "cross_k": out["cross_k"], "cross_v": out["cross_v"], "past_k": past, "past_v": past}
+    assert runner.copy_head  # the recipe's decoder copies: its step takes the cached positions' tokens
+    logits, pk, pv = runner.sessions["dec_step"].run(None, feeds | {"past_ids": np.zeros((2, 0), np.int64)})
     assert logits.shape == (2, cfg["vocab_size"]) and pk.shape[3] == 4
+    # log probabilities of the vocabulary + copy mixture
+    np.testing.assert_allclose(np.exp(logits).sum(axis=1), 1.0, atol=1e-4)
+    step = {"input_ids": ids[:, :1], "past_k": pk, "past_v": pv, "past_ids": ids}
+    logits, pk, _ = runner.sessions["dec_step"].run(None, feeds | step)
+    assert logits.shape == (2, cfg["vocab_size"]) and pk.shape[3] == 5
 
 
 def test_export_records_where_each_labels_boxes_come_from(smoke_bundle: Path) -> None:
