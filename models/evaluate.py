@@ -447,10 +447,13 @@ def runtime_metrics(
 def _largest_places(findings: list[Any]) -> dict[str, dict[str, str]]:
     """Per label, the location names of its largest located finding: what a location question's answer
     copies from the findings text (which names each label's findings largest first)."""
+    from dicom_agent.inference.agreement import largest_located
+
     out: dict[str, dict[str, str]] = {}
-    for f in sorted(findings, key=lambda f: -(f.size_mm or 0.0)):
-        if f.present and f.location_en and f.location_zh and f.label not in out:
-            out[f.label] = {"en": f.location_en, "zh": f.location_zh}
+    for label in {f.label for f in findings}:
+        largest = largest_located(findings, label)
+        if largest is not None and largest.location_en and largest.location_zh:
+            out[label] = {"en": largest.location_en, "zh": largest.location_zh}
     return out
 
 

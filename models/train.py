@@ -385,10 +385,10 @@ def pick_question(
     if not balance:
         return qa[int(rng.integers(len(qa)))]
     kinds = sorted({item[3] for item in qa})
-    if weights:
-        p = np.array([weights.get(k, 1.0) for k in kinds])
+    p = np.array([weights.get(k, 1.0) for k in kinds]) if weights else None
+    if p is not None and p.sum() > 0:
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
-    else:
+    else:  # uniform (also when every kind of this case weighs 0)
         kind = kinds[int(rng.integers(len(kinds)))]
     of_kind = [item for item in qa if item[3] == kind]
     return of_kind[int(rng.integers(len(of_kind)))]

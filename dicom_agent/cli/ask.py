@@ -70,13 +70,21 @@ def load_study_input(study_uid: str, settings: Settings, series_uids: list[str] 
     return StudyInput(study_uid, series_in, tuple(settings.languages))
 
 
-def answer(study_uid: str, question: str, lang: str, settings: Settings, series_uids: list[str] | None = None) -> str:
-    """Loads the study and the model, and returns the model's answer (stripped)."""
+def answer(
+    study_uid: str, question: str, lang: str, settings: Settings, series_uids: list[str] | None = None
+) -> tuple[str, str | None]:
+    """Loads the study and the model; returns the model's answer (stripped) and, for the bundled model, a note
+    when the answer contradicts the study's findings of record (the coded findings the SR carries)."""
     from dicom_agent.inference.adapter import load_adapter
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
 
     study = load_study_input(study_uid, settings, series_uids)
     adapter = load_adapter(settings)
-    return adapter.ask(study, question, lang).strip()
+    if not isinstance(adapter, BundleAdapter):
+        return adapter.ask(study, question, lang).strip(), None
+    analysis = adapter.analyse(study)
+    text = adapter.answer(analysis, question, lang).strip()
+    return text, adapter.check_answer(analysis, question, lang, text)
 
 
 def ask(
@@ -88,7 +96,8 @@ def ask(
     ] = None,
     model_dir: Annotated[Path | None, typer.Option("--model-dir", help="override MODEL_DIR")] = None,
 ) -> None:
-    """Ask the model a question about a stored study (VQA); prints the answer."""
+    """Ask the model a question about a stored study (VQA); prints the answer, and on stderr a note when it
+    contradicts the study's coded findings."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicom_agent.config import get_settings
@@ -102,7 +111,7 @@ def ask(
     if model_dir is not None:
         settings = settings.model_copy(update={"model_dir": model_dir})
     try:
-        text = answer(study_uid, question, lang, settings, series)
+        text, note = answer(study_uid, question, lang, settings, series)
     except AskError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
@@ -112,6 +121,8 @@ def ask(
     if not text:
         fail("the model gave an empty answer")
     out(text)
+    if note:  # on stderr: stdout stays the answer alone, for scripts
+        typer.echo(note, err=True)
 
 
 def _first_line(exc: Exception) -> str:

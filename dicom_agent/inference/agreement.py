@@ -109,3 +109,64 @@ def disagreement_comment(findings: Sequence[Finding], study_flags: Sequence[str]
     if not parts:
         return None
     return frame["intro"] + frame["join"].join(dict.fromkeys(parts)) + frame["end"]
+
+
+# ---- VQA answers ---------------------------------------------------------------------------------------------
+_YES = {"en": "yes", "zh": "是"}
+_NO = {"en": "no", "zh": "否"}
+_ANSWER_NOTE = {
+    "en": {
+        "present": "Note: the coded findings include {name}.",
+        "absent": "Note: the coded findings do not include {name}.",
+        "where": "Note: the coded findings place the largest {name} in the {where}.",
+    },
+    "zh": {
+        "present": "注意：编码所见包含{name}。",
+        "absent": "注意：编码所见不包含{name}。",
+        "where": "注意：编码所见中最大的{name}位于{where}。",
+    },
+}
+
+
+def largest_located(findings: Sequence[Finding], label: str) -> Finding | None:
+    """The largest present finding of ``label`` that has a location: what "where is the largest …" asks about,
+    and the one the decoder's findings text names first."""
+    located = [f for f in findings if f.present and f.label == label and f.location]
+    return max(located, key=lambda f: f.size_mm or 0.0) if located else None
+
+
+def answer_disagreement(
+    question: str, answer: str, lang: str, findings: Sequence[Finding], vocabulary: Vocabulary
+) -> str | None:
+    """A note in ``lang`` when a VQA answer contradicts the findings of record, else None.
+
+    Checked where the answer can be read without guessing: a yes/no answer to a question about one finding
+    (present or not), and a location answer (a location name of the vocabulary) about one focal finding, against
+    the place of the largest such finding. Other answers (sizes, counts, ratios) are not judged here."""
+    from dicom_agent.inference.parse import question_labels
+
+    if lang not in _ANSWER_NOTE:
+        return None
+    labels = question_labels(question, lang, vocabulary)
+    if len(labels) != 1:
+        return None
+    (label,) = labels
+    spec = vocabulary.labels.get(label)
+    if spec is None:
+        return None
+    name = spec.name_en.lower() if lang == "en" else spec.name_zh
+    said = answer.strip().strip("。.").strip().lower()
+    mine = [f for f in findings if f.present and f.label == label]
+    notes = _ANSWER_NOTE[lang]
+    if said in (_YES[lang], _NO[lang]):
+        if (said == _YES[lang]) == bool(mine):
+            return None
+        return notes["present" if mine else "absent"].format(name=name)
+    places = {(loc.name_en if lang == "en" else loc.name_zh).lower(): key for key, loc in vocabulary.locations.items()}
+    if said not in places:
+        return None
+    largest = largest_located(findings, label)
+    if largest is None or places[said] == largest.location:
+        return None
+    where = largest.location_en if lang == "en" else largest.location_zh
+    return notes["where"].format(name=name, where=where or largest.location)

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dicom_agent.errors import PermanentInferenceError
-from dicom_agent.inference.agreement import flag_disagreements
+from dicom_agent.inference.agreement import answer_disagreement, flag_disagreements
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
 from dicom_agent.inference.parse import question_labels
@@ -240,6 +240,13 @@ class BundleAdapter:
         if not analysis.inputs:
             raise PermanentInferenceError("no radiograph, CT or PET image in study to answer about")
         return self._generate(analysis.inputs[0], "vqa", lang, question)
+
+    def check_answer(self, analysis: Analysis, question: str, lang: str, answer: str) -> str | None:
+        """A note when ``answer`` contradicts the findings of record it was asked about (see
+        :func:`~dicom_agent.inference.agreement.answer_disagreement`), else None."""
+        if not analysis.inputs:
+            return None
+        return answer_disagreement(question, answer, lang, analysis.inputs[0].findings, self.vocabulary)
 
     # ---- radiographs ---------------------------------------------------------------------------------------
     def _radiographs(self, path: Path, study: StudyInput) -> list[Radiograph]:

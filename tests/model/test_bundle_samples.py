@@ -87,3 +87,20 @@ def test_report_text_in_both_languages_states_the_same_findings(
     assert parsed["en"] == parsed["zh"]
     assert {label for label, _, _ in parsed["en"]} == {f.label for f in result.present}
     assert all(f.text_en and f.text_zh for f in result.present)
+
+
+def test_vqa_answers_are_checked_against_the_findings_of_record(adapter: BundleAdapter) -> None:
+    """The sample radiograph through the shipped bundle: its location answer names the heads' place (0.9.0's decoder
+    copies it from the findings text), and an answer naming another place gets a note naming the heads' one."""
+    study, _ = _study("cxr")
+    analysis = adapter.analyse(study)
+    located = [f for f in analysis.inputs[0].findings if f.present and f.label == "nodule" and f.location]
+    assert located, "the sample radiograph's nodule is found and placed"
+    largest = max(located, key=lambda f: f.size_mm or 0.0)
+    question = "Where is the largest nodule?"
+    said = adapter.answer(analysis, question, "en")
+    assert said.strip() == largest.location_en
+    assert adapter.check_answer(analysis, question, "en", said) is None
+    other = next(loc for key, loc in adapter.vocabulary.locations.items() if key != largest.location)
+    note = adapter.check_answer(analysis, question, "en", other.name_en)
+    assert note is not None and str(largest.location_en) in note

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dicom_agent.dicom.codes import Code
-from dicom_agent.inference.agreement import disagreement_comment, flag_disagreements
+from dicom_agent.inference.agreement import answer_disagreement, disagreement_comment, flag_disagreements
 from dicom_agent.inference.render import render
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
@@ -11,10 +11,11 @@ from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
 VOCAB: Vocabulary = project_vocabulary()
 
 
-def _finding(label: str, location: str | None = None, present: bool = True) -> Finding:
+def _finding(label: str, location: str | None = None, present: bool = True, size_mm: float | None = None) -> Finding:
     spec = VOCAB.labels[label]
     loc = VOCAB.location(location)
     return Finding(
+        size_mm=size_mm,
         label=label,
         code=Code(*spec.code),
         name_en=spec.name_en,
@@ -69,3 +70,28 @@ def test_each_statement_is_made_once_and_findings_are_told_apart_by_location() -
         f.flags.append("decoder_omits:zh")
     comment = disagreement_comment([upper, lower, twin], [], "zh")
     assert comment == "AI 叙述核对（以编码所见为准）：模型自由文本未提及结节（右肺上叶）；未提及结节（右肺下叶）。"
+
+
+def test_a_vqa_answer_that_contradicts_the_findings_of_record_gets_a_note_in_its_language() -> None:
+    findings = [
+        _finding("nodule", "right_lower_lobe", size_mm=12.0),
+        _finding("nodule", "left_upper_lobe", size_mm=21.0),
+        _finding("pneumothorax", present=False),
+    ]
+    where_en, where_zh = "Where is the largest nodule?", "最大的结节位于哪里？"
+    assert answer_disagreement(where_en, "left upper lobe", "en", findings, VOCAB) is None
+    assert answer_disagreement(where_zh, "左肺上叶。", "zh", findings, VOCAB) is None
+    note = answer_disagreement(where_en, " right lower lobe", "en", findings, VOCAB)
+    assert note == "Note: the coded findings place the largest nodule in the left upper lobe."
+    note = answer_disagreement(where_zh, "右肺下叶", "zh", findings, VOCAB)
+    assert note == "注意：编码所见中最大的结节位于左肺上叶。"
+    # presence both ways; an absent finding counts as not found
+    assert answer_disagreement("Is there a nodule?", "yes", "en", findings, VOCAB) is None
+    assert answer_disagreement("Is there a nodule?", "no", "en", findings, VOCAB) == (
+        "Note: the coded findings include nodule."
+    )
+    assert answer_disagreement("是否有气胸？", "是", "zh", findings, VOCAB) == "注意：编码所见不包含气胸。"
+    # not judged: answers that are neither yes/no nor a place, and questions about no single finding
+    assert answer_disagreement("How large is the largest nodule?", "30 mm", "en", findings, VOCAB) is None
+    assert answer_disagreement("Is the examination normal?", "yes", "en", findings, VOCAB) is None
+    assert answer_disagreement("Where is the largest mass?", "left upper lobe", "en", findings, VOCAB) is None
