@@ -144,6 +144,7 @@ def _round_trip(roles: Roles, env: dict[str, str], orthanc: Orthanc, samples: di
         [sys.executable, "-m", "dicom_agent", "studies"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
     assert table.returncode == 0, table.stderr
+    assert all(uid in table.stdout for uid in uids), table.stdout  # whole UIDs, to paste into `dicom-agent ask`
     wait_until(
         lambda: _count_states(env, "exported") == 2, timeout=60, what="both studies exported", on_timeout=roles.logs
     )
