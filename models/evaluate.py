@@ -23,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dicom_agent.inference.agreement import NO as ANSWER_NO
+from dicom_agent.inference.agreement import YES as ANSWER_YES
+from dicom_agent.inference.agreement import largest_located, normalize_answer
 from models.dataset import Batch, Sample, collate, make_samples
 from models.export import write_manifest
 from models.labels import LABEL_KEYS, label_mask
@@ -31,8 +34,8 @@ from models.network import UnifiedModel
 log = logging.getLogger(__name__)
 
 EVAL_SEED = 900_000  # held out: training uses 1_000.., validation 500_000..
-YES = {"yes", "是"}
-NO = {"no", "否"}
+YES = set(ANSWER_YES.values())
+NO = set(ANSWER_NO.values())
 
 
 @dataclass
@@ -290,10 +293,6 @@ def structured_metrics(
     return res
 
 
-def _norm_answer(text: str) -> str:
-    return text.strip().strip("。.").strip().lower()
-
-
 class _VqaTally:
     """Exact match per language and question kind, the answer prior, decoder vs heads on presence questions."""
 
@@ -314,18 +313,19 @@ class _VqaTally:
     ) -> None:
         """One answer; ``heads_where``: per label, the location (by language) of its largest finding."""
         lang, q, a, qkind = qa
-        ok = int(_norm_answer(got) == _norm_answer(a))
+        ok = int(normalize_answer(got) == normalize_answer(a))
         self.correct[lang].append(ok)
         self.by_kind[qkind].append(ok)
         family = (lang, qkind, _label_in_question(q) or "")
-        self.answers_seen[family][_norm_answer(a)] += 1
-        self.records.append((family, _norm_answer(a)))
+        self.answers_seen[family][normalize_answer(a)] += 1
+        self.records.append((family, normalize_answer(a)))
         key = _label_in_question(q)
-        dec = _norm_answer(got)
+        dec = normalize_answer(got)
         if qkind == "presence" and key is not None and (dec in YES or dec in NO):
             self.disagree.append(int((dec in YES) != (key in heads_present)))
-        if qkind == "location" and key is not None and key in (heads_where or {}):
-            self.where_disagree.append(int(dec != _norm_answer((heads_where or {})[key][lang])))
+        where = (heads_where or {}).get(key or "")
+        if qkind == "location" and where is not None:
+            self.where_disagree.append(int(dec != normalize_answer(where[lang])))
 
     def summary(self) -> dict[str, Any]:
         # prior: always give the most frequent answer of the question's family (language, kind, finding)
@@ -395,9 +395,9 @@ def runtime_metrics(
                     runs.append(("shuffled", previous))
             for name, used in runs:
                 heads = used.inputs[0].findings if used.inputs else []
-                present = {f.label for f in heads}
+                present, places = {f.label for f in heads}, _largest_places(heads)
                 for item in qa:
-                    tallies[name].add(item, adapter.answer(used, item[1], item[0]), present, _largest_places(heads))
+                    tallies[name].add(item, adapter.answer(used, item[1], item[0]), present, places)
             previous = analysis
         shutil.rmtree(folder, ignore_errors=True)
         if i >= report_cases:
@@ -447,8 +447,6 @@ def runtime_metrics(
 def _largest_places(findings: list[Any]) -> dict[str, dict[str, str]]:
     """Per label, the location names of its largest located finding: what a location question's answer
     copies from the findings text (which names each label's findings largest first)."""
-    from dicom_agent.inference.agreement import largest_located
-
     out: dict[str, dict[str, str]] = {}
     for label in {f.label for f in findings}:
         largest = largest_located(findings, label)

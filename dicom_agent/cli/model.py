@@ -97,11 +97,12 @@ def _weights(items: list[str]) -> dict[str, float]:
     for item in items:
         kind, _, value = item.partition("=")
         try:
-            out[kind.strip()] = float(value)
+            weight = float(value)
         except ValueError:
             fail(f"--qa-weight wants KIND=WEIGHT, got {item!r}")
-        if out[kind.strip()] < 0:
+        if weight < 0:
             fail(f"--qa-weight {item!r}: weights are not negative")
+        out[kind.strip()] = weight
     return out
 
 

@@ -112,8 +112,8 @@ def disagreement_comment(findings: Sequence[Finding], study_flags: Sequence[str]
 
 
 # ---- VQA answers ---------------------------------------------------------------------------------------------
-_YES = {"en": "yes", "zh": "是"}
-_NO = {"en": "no", "zh": "否"}
+YES = {"en": "yes", "zh": "是"}  # the closed answers the decoder is trained to give, per language
+NO = {"en": "no", "zh": "否"}
 _ANSWER_NOTE = {
     "en": {
         "present": "Note: the coded findings include {name}.",
@@ -126,6 +126,11 @@ _ANSWER_NOTE = {
         "where": "注意：编码所见中最大的{name}位于{where}。",
     },
 }
+
+
+def normalize_answer(text: str) -> str:
+    """An answer as compared: without surrounding space or a final full stop (either script), lower case."""
+    return text.strip().strip("。.").strip().lower()
 
 
 def largest_located(findings: Sequence[Finding], label: str) -> Finding | None:
@@ -155,11 +160,11 @@ def answer_disagreement(
     if spec is None:
         return None
     name = spec.name_en.lower() if lang == "en" else spec.name_zh
-    said = answer.strip().strip("。.").strip().lower()
+    said = normalize_answer(answer)
     mine = [f for f in findings if f.present and f.label == label]
     notes = _ANSWER_NOTE[lang]
-    if said in (_YES[lang], _NO[lang]):
-        if (said == _YES[lang]) == bool(mine):
+    if said in (YES[lang], NO[lang]):
+        if (said == YES[lang]) == bool(mine):
             return None
         return notes["present" if mine else "absent"].format(name=name)
     places = {(loc.name_en if lang == "en" else loc.name_zh).lower(): key for key, loc in vocabulary.locations.items()}
