@@ -15,12 +15,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from dicom_agent.inference.parse import question_labels
-from dicom_agent.inference.render import context_text
+from dicom_agent.inference.render import prompt_findings
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
 
-LesionFacts = tuple[str, str | None, str | None, float | None]  # label, location, laterality, size_mm
+# label, location, laterality, size_mm, suv_max (PET lesions; None elsewhere)
+LesionFacts = tuple[str, str | None, str | None, float | None, float | None]
 
 
 @lru_cache(maxsize=1)
@@ -34,12 +34,14 @@ def findings_of(
     """Present findings from ground-truth lesion facts; with ``rng``, each attribute is dropped with ``drop``."""
     vocab = _vocabulary()
     out = []
-    for label, location, laterality, size_mm in lesions:
+    for label, location, laterality, size_mm, suv_max in lesions:
         spec = vocab.labels[label]
         if rng is not None and rng.random() < drop:
             location = laterality = None
         if rng is not None and rng.random() < drop:
             size_mm = None
+        if rng is not None and suv_max is not None and rng.random() < drop:
+            suv_max = None
         loc = vocab.location(location)
         out.append(
             Finding(
@@ -55,6 +57,7 @@ def findings_of(
                 location_zh=loc.name_zh if loc else None,
                 laterality=laterality or (loc.laterality if loc else None),
                 size_mm=round(float(size_mm), 1) if size_mm is not None else None,
+                suv_max=round(float(suv_max), 1) if suv_max is not None else None,
             )
         )
     return out
@@ -68,7 +71,7 @@ def places_of(lesions_by_kind: dict[str, list[Sequence[LesionFacts]]]) -> Places
     out: Places = {}
     for kind, cases in lesions_by_kind.items():
         for lesions in cases:
-            for label, location, laterality, _ in lesions:
+            for label, location, laterality, *_ in lesions:
                 seen = out.setdefault((kind, label), [])
                 if (location, laterality) not in seen:
                     seen.append((location, laterality))
@@ -79,20 +82,21 @@ def counterfactual(
     kind: str, lesions: Sequence[LesionFacts], places: Places, rng: np.random.Generator, spread: float = 0.4
 ) -> list[LesionFacts]:
     """The same findings moved to other places the phantoms use for them and resized by up to ``spread`` (log
-    scale): facts the image does not show. A decoder asked about them can only answer from the findings text,
-    which is what it must do at inference, where the text is the heads' result of record."""
-    out = []
-    for label, location, laterality, size_mm in lesions:
+    scale), and their SUVmax scaled likewise: facts the image does not show. A decoder asked about them can only
+    answer from the findings text, which is what it must do at inference, where the text is the heads' result of
+    record."""
+    out: list[LesionFacts] = []
+    for label, location, laterality, size_mm, suv_max in lesions:
         options = places.get((kind, label)) or [(location, laterality)]
         location, laterality = options[int(rng.integers(len(options)))]
         if size_mm is not None:
             size_mm = round(float(size_mm) * float(np.exp(rng.uniform(-spread, spread))), 1)
-        out.append((label, location, laterality, size_mm))
+        if suv_max is not None:
+            suv_max = round(float(suv_max) * float(np.exp(rng.uniform(-spread, spread))), 1)
+        out.append((label, location, laterality, size_mm, suv_max))
     return out
 
 
-def findings_text(findings: Sequence[Finding], lang: str, question: str | None = None) -> str:
+def findings_text(findings: Sequence[Finding], lang: str, question: str | None = None, uptake: bool = False) -> str:
     """The prompt's findings text (about what ``question`` names, if given), as the runtime writes it."""
-    vocab = _vocabulary()
-    about = question_labels(question, lang, vocab) if question else None
-    return context_text(findings, lang, vocab, about)
+    return prompt_findings(findings, lang, _vocabulary(), question, uptake)

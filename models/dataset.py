@@ -105,7 +105,11 @@ def sample_from_case(case: Case) -> Sample:
         report=dict(case.report),
         qa=[(q.lang, q.question, q.answer, q.kind) for q in case.qa],
         out_of_range=bool(case.meta.get("out_of_range", False)),
-        extra={"lesions": [(les.label, les.location, les.laterality, les.size_mm) for les in case.lesions]},
+        extra={
+            "lesions": [
+                (les.label, les.location, les.laterality, les.size_mm, les.attrs.get("suv_max")) for les in case.lesions
+            ]
+        },
     )
 
 

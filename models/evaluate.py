@@ -375,6 +375,7 @@ def runtime_metrics(
     counts = {lang: {"f": [0, 0, 0], "fl": [0, 0, 0]} for lang in ("en", "zh")}  # tp, fp, fn
     consistent = 0
     disagreeing = dict.fromkeys(("en", "zh"), 0)
+    uptake_errors: list[float] = []  # highest SUVmax reported - the phantom's (cases with both)
     tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
     previous = None
     for i in range(max(report_cases, vqa_cases)):
@@ -403,6 +404,10 @@ def runtime_metrics(
         if i >= report_cases:
             continue
         result = analysis.result
+        drawn = [float(les.attrs["suv_max"]) for les in case.lesions if "suv_max" in les.attrs]
+        reported = [f.suv_max for f in result.present if f.suv_max is not None]
+        if drawn and reported:
+            uptake_errors.append(round(max(reported) - max(drawn), 1))
         truth_f = {les.label for les in case.lesions}
         truth_fl = {(les.label, _place(les.location, les.laterality, LABELS[les.label].focal)) for les in case.lesions}
         parsed = {}
@@ -436,6 +441,12 @@ def runtime_metrics(
             "consistency": consistent / report_cases,
             "narrative_disagreement": {lang: n / report_cases for lang, n in disagreeing.items()},
         }
+        if uptake_errors:  # PET: the highest SUVmax stated, against the phantom's, to the stated decimal
+            out["report"]["suvmax"] = {
+                "cases": len(uptake_errors),
+                "exact": float(np.mean([abs(e) < 0.05 for e in uptake_errors])),
+                "median_abs_error": float(np.median(np.abs(uptake_errors))),
+            }
     if vqa_cases:
         out["vqa"] = tallies["vqa"].summary() | {"cases": vqa_cases}
         if controls:
@@ -572,6 +583,13 @@ def format_tables(metrics: dict[str, Any]) -> str:
                     f"{_fmt(r['finding_location_f1']['en'])} / {_fmt(r['finding_location_f1']['zh'])} | "
                     f"{_fmt(r['consistency'])} | {_fmt(nd.get('en'))} / {_fmt(nd.get('zh'))} |"
                 )
+    for kind, m in metrics["modalities"].items():
+        suv = m.get("report", {}).get("suvmax")
+        if suv:
+            lines.append(
+                f"\n{kind}: highest SUVmax stated = the phantom's (to 0.1) in {_fmt(suv['exact'])} of "
+                f"{suv['cases']} cases with both; median absolute error {_fmt(suv['median_abs_error'])}"
+            )
     lines += ["", "| modality | VQA by question kind |", "|---|---|"]
     for kind, m in metrics["modalities"].items():
         if "vqa" in m:

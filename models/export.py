@@ -21,13 +21,13 @@ from torch import nn
 
 from models import preprocess
 from models.network import NetConfig, UnifiedModel
-from models.prompts import inference_templates
+from models.prompts import prompts_of
 from models.tokenizer import SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.9.0"
+BUNDLE_VERSION = "0.10.0"
 OPSET = 18
 
 
@@ -342,7 +342,7 @@ def write_bundle(
         "graphs": outputs_spec(model.cfg),
         "labels": labels,
         "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
-        "prompts": inference_templates(bool(ckpt.get("training", {}).get("recipe", {}).get("context", False))),
+        "prompts": prompts_of(ckpt.get("training", {}).get("recipe", {})),
         "decoding": {"box_min_score": 0.3, "mask_threshold": 0.5, "greedy": True},
         "training": ckpt.get("training", {}),
         "metrics": metrics if metrics is not None else ckpt.get("metrics", {}),

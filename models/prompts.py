@@ -6,6 +6,8 @@ the runtime needs nothing from ``models/``).
 
 from __future__ import annotations
 
+from typing import Any
+
 TEMPLATES: dict[str, dict[str, list[str]]] = {
     "report": {
         "en": [
@@ -60,4 +62,13 @@ def inference_templates(context: bool = False) -> dict[str, dict[str, str]]:
     out = {task: {lang: opts[0] for lang, opts in by_lang.items()} for task, by_lang in TEMPLATES.items()}
     if context:
         out["context"] = dict(CONTEXT)
+    return out
+
+
+def prompts_of(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``prompts`` for a training recipe: the templates, and ``context_uptake`` when its findings
+    text stated PET SUVmax (the runtime then writes it into the prompt too; older decoders never saw it)."""
+    out: dict[str, Any] = dict(inference_templates(bool(recipe.get("context", False))))
+    if recipe.get("context") and recipe.get("context_uptake"):
+        out["context_uptake"] = True
     return out

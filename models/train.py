@@ -38,7 +38,8 @@ TRAIN_SEED = 1_000
 VAL_SEED = 500_000  # thresholds are chosen here; evaluation uses its own held-out seed (models.evaluate)
 SEG_POS_WEIGHT = 3.0  # segmentation BCE: positives weighted up (10 pushed high-prior regions over 0.5 everywhere)
 # English answers after a findings text start with a space so that their words are the same byte-level BPE
-# tokens as mid-sentence in that text ("Ġright Ġmiddle Ġlobe", "Ġ44 Ġmm"): an answer copied from it is a plain copy
+# tokens as mid-sentence in that text ("Ġright Ġmiddle Ġlobe", "Ġ44 Ġmm"): an answer copied from it is a plain copy.
+# Chinese text has no spaces, except before an SUVmax ("SUVmax 13.3"): such an answer gets one too
 ANSWER_PREFIX = {"en": " ", "zh": ""}
 CLS_WEIGHT = 5.0  # finding logits learn slowest: the dense heads dominate the shared encoder's gradient
 
@@ -49,7 +50,7 @@ class TrainConfig:
 
     seed: int = 0
     steps1: int = 2800
-    steps2: int = 1200
+    steps2: int = 1800
     n_cxr: int = 2000
     n_ct: int = 300
     n_pet: int = 300
@@ -65,13 +66,18 @@ class TrainConfig:
     # (session 8, docs/model.md); with the weaker heads of session 4 the bound answers had fallen below it
     context: bool = True
     context_drop: float = 0.15
+    # the findings text states each PET lesion's SUVmax, as the runtime measures it on the source voxels since
+    # 0.10.0 (manifest ``prompts.context_uptake``): "What is the highest SUVmax?" is answered from the text
+    context_uptake: bool = True
     # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions
     qa_balance: bool = True
     # question kinds drawn more often than the others (kind-balanced sampling): the answers copied from the
     # findings text. At equal shares the decoder of 0.8.x answered every location, side and size question with
     # one constant whatever the text said (docs/model.md, "Copying from the findings text")
-    qa_weights: dict[str, float] = field(default_factory=lambda: {"location": 3.0, "laterality": 3.0, "size": 3.0})
+    qa_weights: dict[str, float] = field(
+        default_factory=lambda: {"location": 3.0, "laterality": 3.0, "size": 3.0, "suv": 3.0}
+    )
     # share of stage-2 questions asked about counterfactual findings (``models.context.counterfactual``: the
     # case's findings moved and resized, the findings text and the answer rendered from them): the answer is in
     # the text only. Without them the decoder recognised the training image (300 volumes, each asked hundreds of
@@ -140,7 +146,9 @@ def text_example(
     """Token ids of prompt (findings text, if any, then the instruction) + answer + <eos>, and the prompt length
     (loss only on what follows)."""
     prompt = prompt_ids(tok, task, lang, with_context(instruction(task, lang, question, variant), lang, findings))
-    prefix = ANSWER_PREFIX[lang] if findings is not None else ""
+    prefix = ""
+    if findings is not None:
+        prefix = " " if f" {answer}" in findings else ANSWER_PREFIX[lang]
     ans = tok.encode(prefix + answer, add_special_tokens=False).ids
     return prompt + ans + [token_id(tok, EOS)], len(prompt)
 
@@ -397,11 +405,14 @@ def pick_question(
 def questions_about(
     kind: str, lesions: Sequence[LesionFacts], rng: np.random.Generator
 ) -> list[tuple[str, str, str, str]]:
-    """The phantom generator's questions and answers for these findings (no ratio or SUV: not in the facts)."""
+    """The phantom generator's questions and answers for these findings (no ratio: not in the facts)."""
     from models.synthetic.case import Lesion
     from models.synthetic.text import make_qa
 
-    found = [Lesion(label, location, laterality, size_mm) for label, location, laterality, size_mm in lesions]
+    found = [
+        Lesion(label, location, laterality, size_mm, attrs={} if suv is None else {"suv_max": suv})
+        for label, location, laterality, size_mm, suv in lesions
+    ]
     return [(q.lang, q.question, q.answer, q.kind) for q in make_qa(kind, found, {}, rng)]
 
 
@@ -454,7 +465,7 @@ def stage2(
             facts = findings_of(s.extra["lesions"], rng, cfg.context_drop) if cfg.context else None  # type: ignore[arg-type]
             if reports or not s.qa:
                 lang = "en" if rng.random() < 0.5 else "zh"
-                context = findings_text(facts, lang) if facts is not None else None
+                context = findings_text(facts, lang, None, cfg.context_uptake) if facts is not None else None
                 ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
             else:
                 qa = s.qa
@@ -462,7 +473,7 @@ def stage2(
                     moved = counterfactual(kind, s.extra["lesions"], places, rng)  # type: ignore[arg-type]
                     facts, qa = findings_of(moved), questions_about(kind, moved, rng)  # the text is the only source
                 lang, q, a, _ = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
-                context = findings_text(facts, lang, q) if facts is not None else None
+                context = findings_text(facts, lang, q, cfg.context_uptake) if facts is not None else None
                 ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
         inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
         tokens = torch.stack([feats[k]["tokens"][i] for k, i in picks]).float()

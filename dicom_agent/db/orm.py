@@ -166,6 +166,7 @@ class Finding(Base):
     location: Mapped[str | None] = mapped_column(String(64))
     laterality: Mapped[str | None] = mapped_column(String(16))
     size_mm: Mapped[float | None] = mapped_column(Float)
+    suv_max: Mapped[float | None] = mapped_column(Float)  # PET lesions: highest SUVbw of the source voxels
     text_en: Mapped[str | None] = mapped_column(Text)
     text_zh: Mapped[str | None] = mapped_column(Text)
     boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

@@ -84,6 +84,7 @@ def _finding(lesion: dict[str, Any], by_uid: dict[str, Dataset], mask: np.ndarra
         location=lesion.get("location"),
         laterality=lesion.get("laterality"),
         size_mm=lesion.get("size_mm"),
+        suv_max=(lesion.get("attrs") or {}).get("suv_max"),
         boxes=boxes,
         mask=lesion_mask,
     )

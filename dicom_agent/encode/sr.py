@@ -65,6 +65,23 @@ def probability_measurement(probability: float, model: ModelIdentity) -> hd.sr.M
     )
 
 
+def lesion_measurements(finding: Finding, j: int, model: ModelIdentity) -> list[hd.sr.Measurement]:
+    """A finding's measurements on its ``j``-th box group: the diameter on the box of the image it was measured
+    on, the SUVmax (SUVbw, derivation Maximum, UCUM g/ml{SUVbw}) on the box of the slice holding that voxel —
+    so the group's region contains what it states; TID 4019 on each NUM, as for the probability."""
+    out = []
+    if finding.size_mm is not None and j == finding.size_on:
+        out.append((codes.SCT.Diameter, finding.size_mm, codes.UCUM.Millimeter, None))
+    if finding.suv_max is not None and j == finding.suv_on:
+        out.append((codes.DCM.Suvbw, finding.suv_max, codes.UCUM.StandardizedUptakeValueBodyWeight, codes.SCT.Maximum))
+    return [
+        hd.sr.Measurement(
+            name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=sr_algorithm_id(model)
+        )
+        for name, value, unit, derivation in out
+    ]
+
+
 def finding_sites(finding: Finding | SegmentInfo, laterality: str | None = None) -> list[hd.sr.FindingSite] | None:
     if finding.finding_site is None:
         return None
@@ -167,7 +184,10 @@ class _Groups:
             referenced_region=region,
             finding_type=coded(finding.code),
             finding_sites=finding_sites(finding, finding.laterality),
-            measurements=[probability_measurement(finding.probability, self.model)],
+            measurements=[
+                probability_measurement(finding.probability, self.model),
+                *lesion_measurements(finding, j, self.model),
+            ],
             qualitative_evaluations=[presence(finding.code, True)],
             geometric_purpose=codes.SCT.BoundedBy,
         )

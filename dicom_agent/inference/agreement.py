@@ -8,6 +8,7 @@ adds that the heads did not find (on the :class:`StudyFindings`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from dicom_agent.inference.parse import parse
@@ -119,11 +120,13 @@ _ANSWER_NOTE = {
         "present": "Note: the coded findings include {name}.",
         "absent": "Note: the coded findings do not include {name}.",
         "where": "Note: the coded findings place the largest {name} in the {where}.",
+        "uptake": "Note: the highest SUVmax of the coded findings is {suv}.",
     },
     "zh": {
         "present": "注意：编码所见包含{name}。",
         "absent": "注意：编码所见不包含{name}。",
         "where": "注意：编码所见中最大的{name}位于{where}。",
+        "uptake": "注意：编码所见的最高SUVmax为{suv}。",
     },
 }
 
@@ -147,11 +150,14 @@ def answer_disagreement(
 
     Checked where the answer can be read without guessing: a yes/no answer to a question about one finding
     (present or not), and a location answer (a location name of the vocabulary) about one focal finding, against
-    the place of the largest such finding. Other answers (sizes, counts, ratios) are not judged here."""
-    from dicom_agent.inference.parse import question_labels
+    the place of the largest such finding, and a number answering a question about the most active lesion,
+    against the highest SUVmax measured. Other answers (sizes, counts, ratios) are not judged here."""
+    from dicom_agent.inference.parse import asks_uptake, question_labels
 
     if lang not in _ANSWER_NOTE:
         return None
+    if asks_uptake(question):
+        return _uptake_disagreement(answer, lang, findings)
     labels = question_labels(question, lang, vocabulary)
     if len(labels) != 1:
         return None
@@ -175,3 +181,12 @@ def answer_disagreement(
         return None
     where = largest.location_en if lang == "en" else largest.location_zh
     return notes["where"].format(name=name, where=where or largest.location)
+
+
+def _uptake_disagreement(answer: str, lang: str, findings: Sequence[Finding]) -> str | None:
+    """A note when a numeric answer is not the highest SUVmax of the findings (to its stated decimal)."""
+    measured = [f.suv_max for f in findings if f.present and f.suv_max is not None]
+    number = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", normalize_answer(answer))
+    if not measured or number is None or abs(float(number.group(1)) - max(measured)) < 0.05:
+        return None
+    return _ANSWER_NOTE[lang]["uptake"].format(suv=f"{max(measured):.1f}")

@@ -24,9 +24,8 @@ from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import answer_disagreement, flag_disagreements
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
-from dicom_agent.inference.parse import question_labels
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
-from dicom_agent.inference.render import context_text, render
+from dicom_agent.inference.render import prompt_findings, render
 from dicom_agent.inference.series import select_series
 from dicom_agent.inference.types import LANGUAGES, Box, Finding, ImageRef, Mask, StudyFindings, StudyInput
 from dicom_agent.inference.vocabulary import LabelSpec
@@ -204,8 +203,7 @@ class BundleAdapter:
         """Decoder text about one input; the prompt carries that input's findings when the bundle takes them."""
         findings = None
         if self.runner.takes_findings:
-            about = question_labels(question, lang, self.vocabulary) if question else None
-            findings = context_text(item.findings, lang, self.vocabulary, about)
+            findings = prompt_findings(item.findings, lang, self.vocabulary, question, self.runner.takes_uptake)
         return str(self.runner.generate(item.features, task, lang, question, findings=findings)).strip()
 
     def _absent(self, findings: list[Finding], inputs: list[ModelInput]) -> list[Finding]:
@@ -311,6 +309,7 @@ class BundleAdapter:
                             size_mm=size,
                             boxes=[Box(radiograph.ref, x0, y0, x1, y1, score=float(detected.score))],
                             mask=mask,
+                            size_on=0,
                         )
                     )
             else:
@@ -406,10 +405,13 @@ class BundleAdapter:
             return self._box_only_3d(spec, probability, volume, result, sites)
         core = result.cores.get(spec.key)
         measured = boxes_from_mask(volume.mask_to_source(component & core)) if core is not None else []
-        extents = [box for _, box in measured] or [(b.x0, b.y0, b.x1, b.y1) for b in boxes]  # the core, if any
-        size = max(max((x1 - x0) * sx, (y1 - y0) * sy) for x0, y0, x1, y1 in extents)
+        extents = measured or [(volume.slices.index(b.image), (b.x0, b.y0, b.x1, b.y1)) for b in boxes]
+        widest, size = max(  # the core, if any: (source slice, extent in mm) of its widest slice
+            ((k, max((x1 - x0) * sx, (y1 - y0) * sy)) for k, (x0, y0, x1, y1) in extents), key=lambda ks: ks[1]
+        )
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
         location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
+        suv_max, suv_on = _uptake(volume, source, boxes)
         return self._finding(
             spec,
             probability,
@@ -418,6 +420,9 @@ class BundleAdapter:
             size_mm=size,
             boxes=boxes,
             mask=Mask(volume.slices[0].series_instance_uid, list(volume.slices), source),
+            suv_max=suv_max,
+            size_on=_box_on(boxes, volume.slices[widest]),
+            suv_on=suv_on,
         )
 
     def _box_only_3d(
@@ -433,12 +438,12 @@ class BundleAdapter:
         # box edges are pixel edges; the site maps take voxel indices (centre of voxel i = i)
         y, x = (detected.y0 + detected.y1) / 2 - 0.5, (detected.x0 + detected.x1) / 2 - 0.5
         location, side = sites.location(float(detected.z), y, x) if sites is not None else (None, _side(volume, x))
+        boxes = [Box(volume.slices[index], x0, y0, x1, y1, score=float(detected.score))]
+        region = np.zeros(volume.source_shape, dtype=bool)
+        region[index, int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
+        suv_max, suv_on = _uptake(volume, region, boxes)
         return self._finding(
-            spec,
-            probability,
-            location=location,
-            laterality=side,
-            boxes=[Box(volume.slices[index], x0, y0, x1, y1, score=float(detected.score))],
+            spec, probability, location=location, laterality=side, boxes=boxes, suv_max=suv_max, suv_on=suv_on
         )
 
     def _sided_3d(
@@ -484,6 +489,9 @@ class BundleAdapter:
         mask: Mask | None = None,
         flags: list[str] | None = None,
         present: bool = True,
+        suv_max: float | None = None,
+        size_on: int | None = None,
+        suv_on: int | None = None,
     ) -> Finding:
         """A finding the heads called present (the runner applied the label's threshold), or an absent one."""
         loc = self.vocabulary.location(location)
@@ -501,10 +509,30 @@ class BundleAdapter:
             location_zh=loc.name_zh if loc else None,
             laterality=laterality or (loc.laterality if loc else None),
             size_mm=round(float(size_mm), 1) if size_mm is not None else None,
+            suv_max=round(float(suv_max), 1) if suv_max is not None else None,
+            size_on=size_on if size_mm is not None else None,
+            suv_on=suv_on if suv_max is not None else None,
             boxes=boxes or [],
             mask=mask,
             flags=flags or [],
         )
+
+
+def _uptake(volume: Volume, region: np.ndarray, boxes: list[Box]) -> tuple[float | None, int | None]:
+    """A PET lesion's SUVmax over its source-grid ``region`` and which of its per-slice ``boxes`` lies on the
+    slice holding that voxel; (None, None) when the series has no SUV (no weight or dose: stored values only)."""
+    if volume.unit != "SUV":
+        return None, None
+    peak = volume.peak_in(region)
+    if peak is None:
+        return None, None
+    value, k = peak
+    return value, _box_on(boxes, volume.slices[k])
+
+
+def _box_on(boxes: list[Box], image: ImageRef) -> int | None:
+    """Index of the box drawn on ``image`` (a lesion has at most one box per source slice)."""
+    return next((i for i, b in enumerate(boxes) if b.image == image), None)
 
 
 def _extent_mm(model_mask: np.ndarray, radiograph: Radiograph) -> tuple[float, float] | None:

@@ -216,6 +216,7 @@ def findings_from_text(
                 location_zh=location.name_zh if location else None,
                 laterality=item.laterality,
                 size_mm=item.size_mm,
+                suv_max=item.suv_max,  # as the text states it (flagged text_only): not measured on the voxels
                 flags=["text_only", "probability_unavailable"],
             )
         )

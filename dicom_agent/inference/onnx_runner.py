@@ -566,6 +566,12 @@ class BundleRunner:
         """Whether the bundle's decoder was trained with the findings text in its prompt (manifest ``context``)."""
         return "context" in self.manifest["prompts"]
 
+    @property
+    def takes_uptake(self) -> bool:
+        """Whether that findings text carried each PET lesion's SUVmax in training (manifest
+        ``prompts.context_uptake``, since 0.10.0); older decoders get the text they were trained on."""
+        return bool(self.manifest["prompts"].get("context_uptake", False))
+
     def prompt_ids(self, task: str, lang: str, question: str | None = None, findings: str | None = None) -> list[int]:
         """``<bos> <task> <lang> [findings text] instruction <sep>`` with the manifest's inference templates;
         ``findings`` is used only by bundles that take it."""

@@ -33,6 +33,9 @@ _SIZE = {
     "en": re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm|millimet(?:er|re)s?|centimet(?:er|re)s?)\b", re.I),
     "zh": re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm|毫米|厘米|公分)", re.I),
 }
+_SUV = re.compile(r"SUV\s*max\s*(?:of|is|was|:|：|约|为)?\s*(\d+(?:\.\d+)?)", re.I)  # both languages
+# a question about the most active lesion (its answer is the highest SUVmax, not the largest lesion's)
+_UPTAKE_QUESTION = re.compile(r"SUV|most (?:active|intense|avid)|hottest|最活跃|最高摄取|代谢最高", re.I)
 _LATERALITY = {
     "en": [
         ("bilateral", re.compile(r"\b(bilateral(ly)?|both)\b", re.I)),
@@ -52,6 +55,7 @@ class ParsedFinding:
     laterality: str | None = None
     size_mm: float | None = None
     negated: bool = False
+    suv_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -176,9 +180,11 @@ def parse(text: str, lang: str, vocabulary: Vocabulary) -> list[ParsedFinding]:
             continue
         locations = _mentions(lex.locations, lex.location_keys, sentence)
         sizes = [_Mention(str(_mm(m.group(1), m.group(2))), m.start(), m.end()) for m in _SIZE[lang].finditer(sentence)]
+        suvs = [_Mention(m.group(1), m.start(), m.end()) for m in _SUV.finditer(sentence)]
         clauses = _spans(_CLAUSE[lang], sentence)
         claimed_loc: set[int] = set()
         claimed_size: set[int] = set()
+        claimed_suv: set[int] = set()
         found: list[ParsedFinding] = []
         for mention in labels:
             c0, c1 = next(((a, b) for a, b in clauses if a <= mention.start < b), (0, len(sentence)))
@@ -192,6 +198,9 @@ def parse(text: str, lang: str, vocabulary: Vocabulary) -> list[ParsedFinding]:
             size = _nearest(mention, [s for s in sizes if s.start >= mention.start or len(labels) == 1], claimed_size)
             if size is not None:
                 claimed_size.add(id(size))
+            suv = _nearest(mention, [v for v in suvs if v.start >= mention.start or len(labels) == 1], claimed_suv)
+            if suv is not None:
+                claimed_suv.add(id(suv))
             loc_spec = vocabulary.location(location.key) if location else None
             laterality = loc_spec.laterality if loc_spec else _laterality(lang, clause, mention.start - c0)
             found.append(
@@ -201,6 +210,7 @@ def parse(text: str, lang: str, vocabulary: Vocabulary) -> list[ParsedFinding]:
                     laterality=laterality,
                     size_mm=float(size.key) if size else None,
                     negated=_negated(lang, clause, c0, mention),
+                    suv_max=float(suv.key) if suv else None,
                 )
             )
         out.extend(_merge_repeats(found))
@@ -231,6 +241,7 @@ def _merge_repeats(found: list[ParsedFinding]) -> list[ParsedFinding]:
             laterality=twin.laterality or item.laterality,
             size_mm=twin.size_mm if twin.size_mm is not None else item.size_mm,
             negated=twin.negated,
+            suv_max=twin.suv_max if twin.suv_max is not None else item.suv_max,
         )
     return merged
 
@@ -291,3 +302,8 @@ def yes_no(text: str, lang: str) -> bool | None:
 def question_labels(question: str, lang: str, vocabulary: Vocabulary) -> set[str]:
     """The labels a question names ("Is there a pleural effusion?" -> {"pleural_effusion"})."""
     return {f.label for f in parse(question, lang, vocabulary)}
+
+
+def asks_uptake(question: str) -> bool:
+    """Whether a question asks about the most active lesion ("What is the highest SUVmax?", "最高SUVmax是多少？")."""
+    return bool(_UPTAKE_QUESTION.search(question))

@@ -1,7 +1,7 @@
 """Deterministic bilingual text from structured findings: the report text of record.
 
-Every sentence is built from the same fields (label, location, laterality, size) and the names in the bundle's
-vocabulary, so the English and the Chinese text state exactly the same facts (a feasibility run measured
+Every sentence is built from the same fields (label, location, laterality, size, PET SUVmax) and the names in
+the bundle's vocabulary, so the English and the Chinese text state exactly the same facts (a feasibility run measured
 EN/ZH agreement 1.00 this way against 0.61 for a free-running decoder; see model notes). :mod:`parse` reads
 these sentences back, and a test checks parse(EN) == parse(ZH) == the structured findings.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
+from dicom_agent.inference.parse import asks_uptake, question_labels
 from dicom_agent.inference.types import LANGUAGES, Finding
 from dicom_agent.inference.vocabulary import LATERALITY_EN, LATERALITY_ZH, Vocabulary
 
@@ -25,8 +26,13 @@ def format_mm(size_mm: float) -> str:
     return f"{size_mm:.1f}".rstrip("0").rstrip(".")
 
 
-def sentence(finding: Finding, lang: str, vocabulary: Vocabulary | None = None) -> str:
-    """One sentence for one present finding, in ``lang`` ("en" or "zh")."""
+def format_suv(suv_max: float) -> str:
+    """SUVmax with one decimal, as PET reports state it."""
+    return f"{suv_max:.1f}"
+
+
+def sentence(finding: Finding, lang: str, vocabulary: Vocabulary | None = None, uptake: bool = True) -> str:
+    """One sentence for one present finding, in ``lang`` ("en" or "zh"); ``uptake``: with its SUVmax, if any."""
     spec = vocabulary.labels.get(finding.label) if vocabulary else None
     location = vocabulary.location(finding.location) if vocabulary else None
     location_en = location.name_en if location else finding.location_en
@@ -34,14 +40,15 @@ def sentence(finding: Finding, lang: str, vocabulary: Vocabulary | None = None) 
     laterality = finding.laterality or (location.laterality if location else None)
     if spec is not None and not spec.focal:  # pleural and global findings are named by their side only
         location_en = location_zh = None
+    suv = format_suv(finding.suv_max) if uptake and finding.suv_max is not None else None
     if lang == "en":
-        return _sentence_en(finding, location_en, laterality)
+        return _sentence_en(finding, location_en, laterality, suv)
     if lang == "zh":
-        return _sentence_zh(finding, location_zh, laterality)
+        return _sentence_zh(finding, location_zh, laterality, suv)
     raise ValueError(f"unsupported report language {lang!r}")
 
 
-def _sentence_en(finding: Finding, location: str | None, laterality: str | None) -> str:
+def _sentence_en(finding: Finding, location: str | None, laterality: str | None, suv: str | None) -> str:
     name = finding.name_en
     if location:
         text = f"{name[:1].upper()}{name[1:]} in the {location}"
@@ -51,10 +58,12 @@ def _sentence_en(finding: Finding, location: str | None, laterality: str | None)
         text = f"{name[:1].upper()}{name[1:]}"
     if finding.size_mm is not None:
         text += f", measuring {format_mm(finding.size_mm)} mm"
+    if suv is not None:
+        text += f", SUVmax {suv}"
     return text + "."
 
 
-def _sentence_zh(finding: Finding, location: str | None, laterality: str | None) -> str:
+def _sentence_zh(finding: Finding, location: str | None, laterality: str | None, suv: str | None) -> str:
     if location:
         text = f"{location}见{finding.name_zh}"
     elif laterality in LATERALITY_ZH:
@@ -63,6 +72,8 @@ def _sentence_zh(finding: Finding, location: str | None, laterality: str | None)
         text = f"可见{finding.name_zh}"
     if finding.size_mm is not None:
         text += f"，大小约{format_mm(finding.size_mm)}毫米"
+    if suv is not None:
+        text += f"，SUVmax {suv}"
     return text + "。"
 
 
@@ -77,12 +88,12 @@ def impression(findings: Iterable[Finding], lang: str, vocabulary: Vocabulary | 
     return _sentences(ordered(findings), lang, vocabulary)
 
 
-def _sentences(present: list[Finding], lang: str, vocabulary: Vocabulary | None) -> str:
+def _sentences(present: list[Finding], lang: str, vocabulary: Vocabulary | None, uptake: bool = True) -> str:
     """The findings' sentences in the given order, or the normal-study sentence."""
     if not present:
         return NORMAL[lang]
     joiner = " " if lang == "en" else ""
-    return joiner.join(sentence(f, lang, vocabulary) for f in present)
+    return joiner.join(sentence(f, lang, vocabulary, uptake) for f in present)
 
 
 def render(findings: list[Finding], languages: Iterable[str], vocabulary: Vocabulary | None = None) -> dict[str, str]:
@@ -100,18 +111,27 @@ def context_text(
     lang: str,
     vocabulary: Vocabulary | None = None,
     about: Collection[str] | None = None,
+    uptake: bool = False,
+    hottest_first: bool = False,
 ) -> str:
     """The findings text a decoder prompt starts with (bundles whose manifest has a ``context`` template), so
     answers bind to the heads' results: present findings, critical ones first, then grouped by label with the
     largest first (the answer to "the largest nodule" is the first one named), at most ``CONTEXT_FINDINGS``.
 
+    ``uptake``: with each lesion's SUVmax (bundles trained on such text, manifest ``prompts.context_uptake``);
+    ``hottest_first``: only the finding with the highest SUVmax (a question about the most active lesion: its
+    answer is the one number after "SUVmax" in the text, which a copy head finds without telling lesions apart).
+
     ``about``: the labels a question names (:func:`dicom_agent.inference.parse.question_labels`); only their
     findings are stated, or "No <finding>." for each when there are none — the decoder reads a short relevant
     text instead of searching the whole impression (in a 400-step run it did not learn that search)."""
+
     present = sorted(
         (f for f in findings if f.present),
         key=lambda f: (not f.critical, f.label, -(f.size_mm or 0.0), f.location or ""),
     )
+    if hottest_first:
+        present = sorted(present, key=lambda f: -(f.suv_max if f.suv_max is not None else -1.0))[:1]
     if about:
         present = [f for f in present if f.label in about]
         if not present and vocabulary is not None:
@@ -120,4 +140,18 @@ def context_text(
             return joiner.join(
                 ABSENT[lang].format(name=spec.name_en if lang == "en" else spec.name_zh) for spec in names
             )
-    return _sentences(present[:CONTEXT_FINDINGS], lang, vocabulary)
+    return _sentences(present[:CONTEXT_FINDINGS], lang, vocabulary, uptake)
+
+
+def prompt_findings(
+    findings: Iterable[Finding],
+    lang: str,
+    vocabulary: Vocabulary,
+    question: str | None = None,
+    uptake: bool = False,
+) -> str:
+    """The findings text for a decoder prompt about ``question`` (or for the narrative when None): the one
+    place that turns a question into :func:`context_text`'s choices, for the runtime and for training alike."""
+    about = question_labels(question, lang, vocabulary) if question else None
+    hottest = bool(question) and uptake and asks_uptake(question or "")
+    return context_text(findings, lang, vocabulary, about, uptake=uptake, hottest_first=hottest)

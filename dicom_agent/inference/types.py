@@ -99,8 +99,11 @@ class Finding:
     laterality: str | None = None  # "right" | "left" | "bilateral" | None
     size_mm: float | None = None
     volume_mm3: float | None = None
+    suv_max: float | None = None  # PET: highest SUVbw (g/ml) of the lesion's source voxels
     boxes: list[Box] = field(default_factory=list)
     mask: Mask | None = None
+    size_on: int | None = None  # index into ``boxes``: the box on the image where ``size_mm`` was measured
+    suv_on: int | None = None  # index into ``boxes``: the box on the image holding the SUVmax voxel
     text_en: str | None = None  # one sentence rendered from the structured result
     text_zh: str | None = None
     flags: list[str] = field(default_factory=list)  # e.g. "decoder_disagrees"

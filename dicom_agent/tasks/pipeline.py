@@ -158,6 +158,7 @@ def _finding_rows(job: Job, sf: StudyFindings) -> list[Finding]:
                 location=f.location,
                 laterality=f.laterality,
                 size_mm=f.size_mm,
+                suv_max=f.suv_max,
                 text_en=f.text_en,
                 text_zh=f.text_zh,
                 boxes=boxes or None,

@@ -104,3 +104,23 @@ def test_vqa_answers_are_checked_against_the_findings_of_record(adapter: BundleA
     other = next(loc for key, loc in adapter.vocabulary.locations.items() if key != largest.location)
     note = adapter.check_answer(analysis, question, "en", other.name_en)
     assert note is not None and str(largest.location_en) in note
+
+
+def test_pet_lesions_carry_the_suvmax_of_their_source_voxels(adapter: BundleAdapter) -> None:
+    """The sample PET's lesions: each found lesion whose slices are a drawn lesion's reports that lesion's SUVmax
+    as the phantom measured it on the same voxels (to the stated decimal), on the box of the slice holding it."""
+    study, truth = _study("pet")
+    result = adapter.predict(study)
+    lesions = [f for f in result.present if f.label == "hypermetabolic_lesion" and f.mask is not None]
+    assert lesions and all(f.suv_max is not None and f.suv_on is not None for f in lesions)
+    matched = 0
+    for drawn in truth["lesions"]:
+        slices = {s["sop_instance_uid"] for s in drawn["slices"]}
+        for found in lesions:
+            assert found.suv_on is not None
+            if found.boxes[found.suv_on].image.sop_instance_uid in slices:
+                assert found.suv_max == pytest.approx(drawn["attrs"]["suv_max"], abs=0.051)
+                matched += 1
+    assert matched
+    hottest = max(lesions, key=lambda f: f.suv_max or 0.0)
+    assert f"SUVmax {hottest.suv_max:.1f}" in result.impression["en"] and "SUVmax" in result.impression["zh"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.synthetic import make_case
 from models.train import pick_question
@@ -40,29 +42,64 @@ def test_weighted_kinds_are_drawn_in_proportion() -> None:
     assert all(abs(n - share) < 0.2 * share for k, n in counts.items() if k != "location"), counts
 
 
-def test_counterfactual_findings_move_within_the_phantoms_places_and_answers_follow_the_text() -> None:
+@pytest.mark.parametrize("kind", ["ct", "pet"])
+def test_counterfactual_findings_move_within_the_phantoms_places_and_answers_follow_the_text(kind: str) -> None:
     """Counterfactual questions teach copying: their answers must be what the findings text says, and that
     text must differ from the image's truth (else nothing is learned beyond the plain questions)."""
     from models.context import counterfactual, findings_of, findings_text, places_of
     from models.dataset import make_samples
     from models.train import questions_about
 
-    samples = make_samples("ct", 12, 1_000)
-    places = places_of({"ct": [s.extra["lesions"] for s in samples]})
+    samples = make_samples(kind, 12 if kind == "ct" else 20, 1_000)  # 40 % of PET phantoms are normal
+    places = places_of({kind: [s.extra["lesions"] for s in samples]})
     rng = np.random.default_rng(0)
     moved_any = 0
+    uptake_asked = 0
     for s in samples:
         truth = s.extra["lesions"]
-        moved = counterfactual("ct", truth, places, rng)
+        moved = counterfactual(kind, truth, places, rng)
         assert [m[0] for m in moved] == [t[0] for t in truth]
-        for (label, location, laterality, size), old in zip(moved, truth, strict=True):
-            assert (location, laterality) in places[("ct", label)]
+        for (label, location, laterality, size, suv), old in zip(moved, truth, strict=True):
+            assert (location, laterality) in places[(kind, label)]
             if size is not None:
                 assert np.exp(-0.41) <= size / old[3] <= np.exp(0.41)
+            assert (suv is None) == (old[4] is None) and (suv is None or np.exp(-0.41) <= suv / old[4] <= np.exp(0.41))
         moved_any += moved != truth
-        for lang, question, answer, kind in questions_about("ct", moved, rng):
-            text = findings_text(findings_of(moved), lang, question)
-            if kind in ("location", "size"):
+        for lang, question, answer, qkind in questions_about(kind, moved, rng):
+            text = findings_text(findings_of(moved), lang, question, uptake=True)
+            if qkind in ("location", "size"):
                 # the largest finding is named first, and the answer is its place or size as the text writes it
                 assert answer.replace(" mm", "").replace("毫米", "") in text.split("." if lang == "en" else "。")[0]
+            if qkind == "suv":  # the hottest finding alone, its SUVmax as the answer states it
+                assert text.count("SUVmax") == 1 and f"SUVmax {answer}" in text, (answer, text)
+                uptake_asked += 1
+    assert kind != "pet" or uptake_asked >= 6
     assert moved_any >= 6
+
+
+def test_answers_copied_from_the_findings_text_are_the_same_tokens_there() -> None:
+    """A copy head can only copy token ids: an answer stated in the findings text (place, size, SUVmax) must be
+    a run of the prompt's own tokens, in both languages ("Ġ13 . 3" after "SUVmax", not "13 . 3")."""
+    from tokenizers import Tokenizer
+
+    from models.context import findings_of, findings_text
+    from models.dataset import make_samples
+    from models.train import questions_about, text_example
+
+    tok = Tokenizer.from_file(str(Path(__file__).resolve().parents[2] / "models" / "bundled" / "tokenizer.json"))
+    checked: dict[tuple[str, str], int] = {}
+    rng = np.random.default_rng(1)
+    for s in make_samples("pet", 16, 1_000):
+        for lang, question, answer, qkind in questions_about("pet", s.extra["lesions"], rng):
+            if qkind not in ("location", "size", "suv"):
+                continue
+            text = findings_text(findings_of(s.extra["lesions"]), lang, question, uptake=True)
+            ids, plen = text_example(tok, "vqa", lang, answer, question, 0, text)
+            said = ids[plen:-1]
+            prompt = ids[:plen]
+            runs = {tuple(prompt[i : i + len(said)]) for i in range(plen - len(said) + 1)}
+            assert tuple(said) in runs, (lang, qkind, answer, text)
+            checked[(lang, qkind)] = checked.get((lang, qkind), 0) + 1
+    assert {k for k, n in checked.items() if n >= 3} == {
+        (lang, k) for lang in ("en", "zh") for k in ("location", "size", "suv")
+    }

@@ -121,3 +121,14 @@ def pet_findings(pet: list[Dataset]) -> StudyFindings:
         impression={"en": "One hypermetabolic lesion.", "zh": "一处高代谢病灶。"},
         series_uids=[str(pet[0].SeriesInstanceUID)],
     )
+
+
+def pet_measured_findings(pet: list[Dataset]) -> StudyFindings:
+    """A hypermetabolic lesion over slices 3-5 with a box on each, its diameter measured on slice 4 and its
+    SUVmax voxel on slice 5 (as ``BundleAdapter`` reports a PET lesion since bundle 0.10.0)."""
+    study = pet_findings(pet)
+    lesion = study.findings[0]
+    lesion.boxes = [Box(ref(pet[k]), 17.0, 9.0, 23.0, 15.0, score=0.8) for k in (3, 4, 5)]
+    lesion.size_mm, lesion.size_on = 24.0, 1
+    lesion.suv_max, lesion.suv_on = 8.3, 2
+    return study

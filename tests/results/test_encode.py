@@ -307,3 +307,41 @@ def test_pixelmed_allowance_is_narrow() -> None:
     assert V.sr_errors_not_allowed(line.format(n=3), templates) == [line.format(n=3)]  # no such group
     other = "Error: something else entirely"
     assert V.sr_errors_not_allowed(other, templates) == [other]
+
+
+def test_pet_lesion_measurements_sit_on_the_boxes_they_were_measured_on(tmp_path: Path) -> None:
+    """Diameter (SCT Diameter, mm) on the box of the slice it was measured on; SUVmax (DCM SUVbw, derivation
+    SCT Maximum, UCUM g/ml{SUVbw}) on the box of the slice holding that voxel; other boxes: probability only."""
+    sources = S.pet_series()
+    objects = encode_study(F.pet_measured_findings(sources), sources)
+    path = tmp_path / "sr.dcm"
+    next(o for o in objects if o.kind == "sr").dataset.save_as(path, enforce_file_format=True)
+    report = V.dciodvfy(path)
+    assert not report.errors and not report.warnings, report.text
+    sr = hd.sr.srread(path)
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert len(planar) == 3
+    by_slice = {}
+    for group in planar:
+        sop = group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        by_slice[sop] = {m.name.value: m for m in group.get_measurements()}
+    slices = [str(sources[k].SOPInstanceUID) for k in (3, 4, 5)]
+    assert set(by_slice[slices[0]]) == {"122157"}
+    assert set(by_slice[slices[1]]) == {"122157", "81827009"}
+    diameter = by_slice[slices[1]]["81827009"]
+    assert diameter.value == pytest.approx(24.0) and diameter.unit.value == "mm"
+    assert set(by_slice[slices[2]]) == {"122157", "126401"}
+    suv = by_slice[slices[2]]["126401"]
+    assert suv.value == pytest.approx(8.3) and suv.unit.value == "g/ml{SUVbw}"
+    assert suv.derivation is not None and suv.derivation.value == "56851009"
+    assert "SUVbw" in V.dsrdump(path)
+
+
+@pytest.mark.slow
+def test_pet_lesion_measurements_pass_pixelmed(tmp_path: Path) -> None:
+    sources = S.pet_series()
+    objects = encode_study(F.pet_measured_findings(sources), sources)
+    path = tmp_path / "sr.dcm"
+    next(o for o in objects if o.kind == "sr").dataset.save_as(path, enforce_file_format=True)
+    report = V.pixelmed_sr(path, group_templates(path))
+    assert not report.errors, report.text

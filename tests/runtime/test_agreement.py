@@ -95,3 +95,21 @@ def test_a_vqa_answer_that_contradicts_the_findings_of_record_gets_a_note_in_its
     assert answer_disagreement("How large is the largest nodule?", "30 mm", "en", findings, VOCAB) is None
     assert answer_disagreement("Is the examination normal?", "yes", "en", findings, VOCAB) is None
     assert answer_disagreement("Where is the largest mass?", "left upper lobe", "en", findings, VOCAB) is None
+
+
+def test_an_suvmax_answer_is_checked_against_the_highest_measured() -> None:
+    findings = [_finding("hypermetabolic_lesion", "liver"), _finding("hypermetabolic_lesion", "right_upper_lobe")]
+    findings[0].suv_max, findings[1].suv_max = 6.6, 11.2
+    assert answer_disagreement("What is the highest SUVmax?", "11.2", "en", findings, VOCAB) is None
+    assert answer_disagreement("最高SUVmax是多少？", "11.2。", "zh", findings, VOCAB) is None
+    assert answer_disagreement("What is the highest SUVmax?", "6.6", "en", findings, VOCAB) == (
+        "Note: the highest SUVmax of the coded findings is 11.2."
+    )
+    assert answer_disagreement("最活跃的高代谢病灶SUVmax是多少？", "9", "zh", findings, VOCAB) == (
+        "注意：编码所见的最高SUVmax为11.2。"
+    )
+    # not judged: a non-numeric answer, or no SUV measured (a series without weight or dose)
+    assert answer_disagreement("What is the highest SUVmax?", "none", "en", findings, VOCAB) is None
+    for f in findings:
+        f.suv_max = None
+    assert answer_disagreement("What is the highest SUVmax?", "6.6", "en", findings, VOCAB) is None

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from dicom_agent.dicom.codes import Code
-from dicom_agent.inference.parse import fact, facts, parse, question_labels, yes_no
-from dicom_agent.inference.render import CONTEXT_FINDINGS, NORMAL, context_text, render
+from dicom_agent.inference.parse import asks_uptake, fact, facts, parse, question_labels, yes_no
+from dicom_agent.inference.render import CONTEXT_FINDINGS, NORMAL, context_text, prompt_findings, render
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
 from models.synthetic import make_case
@@ -146,7 +146,9 @@ def test_training_context_states_the_ground_truth_as_the_runtime_would(kind: str
 
     for seed in range(30):
         case = make_case(kind, 1_000 + seed)
-        lesions = [(les.label, les.location, les.laterality, les.size_mm) for les in case.lesions]
+        lesions = [
+            (les.label, les.location, les.laterality, les.size_mm, les.attrs.get("suv_max")) for les in case.lesions
+        ]
         for lang in ("en", "zh"):
             text = findings_text(findings_of(lesions), lang)
             got = sorted(f.label for f in parse(text, lang, VOCAB) if not f.negated)
@@ -170,3 +172,57 @@ def test_context_about_a_question_states_only_what_it_names() -> None:
     assert context_text(findings, "en", VOCAB, {"mass"}) == "No mass."
     assert context_text(findings, "zh", VOCAB, {"mass"}) == "未见肿块。"
     assert context_text(findings, "en", VOCAB, set()) == context_text(findings, "en", VOCAB)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_suvmax_round_trips_in_both_languages(seed: int) -> None:
+    """A lesion's SUVmax is stated with one decimal in EN and ZH and parsed back to the same lesion."""
+    rng = random.Random(seed)
+    findings = [_finding(rng, "hypermetabolic_lesion") for _ in range(rng.randint(1, 3))]
+    for f in findings:
+        f.present = True
+        f.suv_max = rng.choice([None, round(rng.uniform(1.0, 30.0), 1)])
+    text = render(findings, ("en", "zh"), VOCAB)
+    want = sorted((round(f.size_mm or 0.0), f.suv_max or 0.0) for f in findings)
+    for lang in ("en", "zh"):
+        got = sorted((round(p.size_mm or 0.0), p.suv_max or 0.0) for p in parse(text[lang], lang, VOCAB))
+        assert got == want, text[lang]
+    assert "SUVmax" not in context_text(findings, "en", VOCAB)  # older decoders' prompts stay as trained
+
+
+def test_parser_reads_the_phantoms_suvmax() -> None:
+    """The PET phantoms' varied report wording ("SUVmax 8.3", "SUVmax约8.3", "(SUVmax 8.3)") parses back."""
+    checked = 0
+    for seed in range(40):
+        case = make_case("pet", seed, size=64, depth=16)
+        truth = sorted(float(les.attrs["suv_max"]) for les in case.lesions)
+        for lang in ("en", "zh"):
+            got = sorted(p.suv_max for p in parse(case.report[lang], lang, VOCAB) if p.suv_max is not None)
+            assert got == truth, (lang, case.report[lang])
+        checked += len(truth)
+    assert checked > 10
+
+
+def test_only_uptake_questions_ask_about_uptake() -> None:
+    """Every phantom question of kind "suv" (EN and ZH) is recognised, no question of another kind is."""
+    kinds: dict[bool, set[str]] = {True: set(), False: set()}
+    for seed in range(30):
+        for kind in ("cxr", "ct", "pet"):
+            for qa in make_case(kind, seed, size=64, depth=16).qa:
+                kinds[asks_uptake(qa.question)].add(qa.kind)
+    assert kinds[True] == {"suv"} and "suv" not in kinds[False]
+
+
+def test_an_uptake_question_gets_the_hottest_lesion_first() -> None:
+    """For "What is the highest SUVmax?" the prompt names the hottest lesion alone; otherwise the largest first."""
+    rng = random.Random(5)
+    findings = [_finding(rng, "hypermetabolic_lesion") for _ in range(3)]
+    for f, size, suv in zip(findings, (30.0, 12.0, 20.0), (4.1, 11.7, 6.0), strict=True):
+        f.present, f.size_mm, f.suv_max = True, size, suv
+    for lang, question in (("en", "What is the highest SUVmax?"), ("zh", "最高SUVmax是多少？")):
+        (only,) = parse(prompt_findings(findings, lang, VOCAB, question, uptake=True), lang, VOCAB)
+        assert (only.size_mm, only.suv_max) == (12.0, 11.7)
+        largest = parse(prompt_findings(findings, lang, VOCAB, "How large is it?", uptake=True), lang, VOCAB)[0]
+        assert (largest.size_mm, largest.suv_max) == (30.0, 4.1)
+        plain = parse(prompt_findings(findings, lang, VOCAB, question, uptake=False), lang, VOCAB)
+        assert plain[0].size_mm == 30.0 and all(p.suv_max is None for p in plain)
