@@ -73,8 +73,8 @@ class TrainConfig:
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions
     qa_balance: bool = True
     # question kinds drawn more often than the others (kind-balanced sampling): the answers copied from the
-    # findings text. At equal shares the decoder of 0.8.x answered every location, side and size question with
-    # one constant whatever the text said (docs/model.md, "Copying from the findings text")
+    # findings text (SUVmax since 0.10.0). At equal shares the decoder of 0.8.x answered every location, side and
+    # size question with one constant whatever the text said (docs/model.md, "Copying from the findings text")
     qa_weights: dict[str, float] = field(
         default_factory=lambda: {"location": 3.0, "laterality": 3.0, "size": 3.0, "suv": 3.0}
     )

@@ -2,7 +2,8 @@
 
 Content tree as validated in dicom-outputs.md ("SR content tree"): device observer context, Procedure reported
 from CID 100, Image Library of the referenced images, Imaging Measurements with TID 1501 (study-level
-findings), TID 1410 (one per box: closed 5-point SCOORD POLYLINE on the exact source image, "Bounded by") and
+findings), TID 1410 (one per box: closed 5-point SCOORD POLYLINE on the exact source image, "Bounded by"; the
+lesion's diameter and PET SUVmax on the box of the image each was measured on) and
 TID 1411 (one per SEG segment), then a Qualitative Evaluations container with the impression in English and
 Chinese, each TEXT tagged with Language of Content Item and Descendants (121049), and, when the model's free-text
 narrative disagrees with its coded findings, a Comment in the same languages saying where. highdicom has no API
