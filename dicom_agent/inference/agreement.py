@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from dicom_agent.inference.parse import parse
+from dicom_agent.inference.parse import asks_uptake, parse, question_labels
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary
 
@@ -152,8 +152,6 @@ def answer_disagreement(
     (present or not), and a location answer (a location name of the vocabulary) about one focal finding, against
     the place of the largest such finding, and a number answering a question about the most active lesion,
     against the highest SUVmax measured. Other answers (sizes, counts, ratios) are not judged here."""
-    from dicom_agent.inference.parse import asks_uptake, question_labels
-
     if lang not in _ANSWER_NOTE:
         return None
     if asks_uptake(question):

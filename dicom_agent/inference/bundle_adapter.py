@@ -397,17 +397,16 @@ class BundleAdapter:
     ) -> Finding:
         source = volume.mask_to_source(component)
         sx, sy, _ = volume.source_spacing
-        boxes = [
-            Box(volume.slices[k], *box, score=_component_score(component, result.boxes, spec.key, probability))
-            for k, box in boxes_from_mask(source)
-        ]
+        outline = boxes_from_mask(source)  # (source slice, box) per slice the lesion covers
+        score = _component_score(component, result.boxes, spec.key, probability)
+        boxes = [Box(volume.slices[k], *box, score=score) for k, box in outline]
         if not boxes:  # smaller than a source voxel after resampling: fall back to geometric box mapping
             return self._box_only_3d(spec, probability, volume, result, sites)
         core = result.cores.get(spec.key)
         measured = boxes_from_mask(volume.mask_to_source(component & core)) if core is not None else []
-        extents = measured or [(volume.slices.index(b.image), (b.x0, b.y0, b.x1, b.y1)) for b in boxes]
         widest, size = max(  # the core, if any: (source slice, extent in mm) of its widest slice
-            ((k, max((x1 - x0) * sx, (y1 - y0) * sy)) for k, (x0, y0, x1, y1) in extents), key=lambda ks: ks[1]
+            ((k, max((x1 - x0) * sx, (y1 - y0) * sy)) for k, (x0, y0, x1, y1) in measured or outline),
+            key=lambda ks: ks[1],
         )
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
         location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))

@@ -125,7 +125,6 @@ def context_text(
     ``about``: the labels a question names (:func:`dicom_agent.inference.parse.question_labels`); only their
     findings are stated, or "No <finding>." for each when there are none — the decoder reads a short relevant
     text instead of searching the whole impression (in a 400-step run it did not learn that search)."""
-
     present = sorted(
         (f for f in findings if f.present),
         key=lambda f: (not f.critical, f.label, -(f.size_mm or 0.0), f.location or ""),

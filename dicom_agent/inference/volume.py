@@ -106,11 +106,11 @@ class Volume:
         """The highest source value inside a source-grid mask and the source slice holding it: a PET lesion's
         SUVmax is read on the acquired voxels, never on the resampled model grid (which averages the peak away)."""
         values = sitk.GetArrayViewFromImage(self.source)
-        if source_mask.shape != values.shape or not source_mask.any():
+        inside = np.flatnonzero(source_mask) if source_mask.shape == values.shape else np.empty(0, dtype=np.intp)
+        if inside.size == 0:
             return None
-        inside = np.where(source_mask, values, -np.inf)
-        flat = int(np.argmax(inside))
-        return float(inside.flat[flat]), flat // (values.shape[1] * values.shape[2])
+        flat = int(inside[np.argmax(values.ravel()[inside])])
+        return float(values.flat[flat]), flat // (values.shape[1] * values.shape[2])
 
     def model_slice_of_source(self, index: int) -> float:
         """The (continuous) model slice a source slice's centre lands on: for lesion-slice bookkeeping."""
