@@ -358,6 +358,8 @@ def runtime_metrics(
     of focal findings, side of non-focal ones), micro-averaged over cases, per language; EN/ZH consistency =
     share of cases where parse(EN) == parse(ZH); narrative disagreement = share of cases whose decoder
     narrative in that language disagrees with the heads (``decoder_disagrees`` — the draft SR's comment).
+    ``sizes``: on every case analysed, the largest nodule, mass or PET lesion stated against the largest drawn
+    (whole mm), per label shown by both (:func:`largest_sizes`).
     ``vqa``: every question of the first ``vqa_cases`` cases asked through ``BundleAdapter.answer`` (the
     decoder's prompt carries the findings when the bundle takes them); controls: the same questions about a
     blank image (the model input replaced by zeros, findings and all) and about the previous case's image."""
@@ -365,9 +367,7 @@ def runtime_metrics(
 
     from dicom_agent.inference.bundle_adapter import BundleAdapter
     from dicom_agent.inference.parse import parse
-    from dicom_agent.inference.types import SeriesInput, StudyInput
-    from models.synthetic import make_case
-    from models.synthetic.dicom_writer import write_case
+    from models.synthetic.text import mm
     from models.terminology import LABELS
 
     adapter = BundleAdapter(bundle, device="cpu", narrative=False)
@@ -376,16 +376,12 @@ def runtime_metrics(
     consistent = 0
     disagreeing = dict.fromkeys(("en", "zh"), 0)
     uptake_errors: list[float] = []  # highest SUVmax reported - the phantom's (cases with both)
+    size_errors: list[float] = []  # largest size reported - drawn, whole mm, per diameter label, every case analysed
     tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
     previous = None
     for i in range(max(report_cases, vqa_cases)):
-        case = make_case(kind, seed + i)
         folder = workdir / f"{kind}{i}"
-        written = write_case(case, folder)
-        modality = json.loads(written.ground_truth.read_text(encoding="utf-8"))["modality"]
-        study = StudyInput(
-            written.study_instance_uid, [SeriesInput(written.series_instance_uid, modality, written.files)]
-        )
+        case, study = phantom_case_study(kind, seed + i, folder)
         analysis = adapter.analyse(study, narrative=i < report_cases)
         if i < vqa_cases:
             qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
@@ -401,9 +397,10 @@ def runtime_metrics(
                     tallies[name].add(item, adapter.answer(used, item[1], item[0]), present, places)
             previous = analysis
         shutil.rmtree(folder, ignore_errors=True)
+        result = analysis.result
+        size_errors.extend(mm(got) - truth for got, truth in largest_sizes(case.lesions, result.present).values())
         if i >= report_cases:
             continue
-        result = analysis.result
         drawn = [float(les.attrs["suv_max"]) for les in case.lesions if "suv_max" in les.attrs]
         reported = [f.suv_max for f in result.present if f.suv_max is not None]
         if drawn and reported:
@@ -432,7 +429,7 @@ def runtime_metrics(
     def f1(c: list[int]) -> float:
         return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"sizes": size_agreement(size_errors)}
     if report_cases:
         out["report"] = {
             "n": report_cases,
@@ -453,6 +450,48 @@ def runtime_metrics(
             out["control_blank"] = {"vqa": tallies["blank"].summary()}
             out["control_shuffled"] = {"vqa": tallies["shuffled"].summary()}
     return out
+
+
+DIAMETER_LABELS = ("nodule", "mass", "hypermetabolic_lesion")  # the phantoms' sizes of these are diameters
+
+
+def phantom_case_study(kind: str, seed: int, folder: Path) -> tuple[Any, Any]:
+    """Phantom ``seed`` of ``kind`` written as DICOM under ``folder``: (the case, its StudyInput for the adapter)."""
+    from dicom_agent.inference.types import SeriesInput, StudyInput
+    from models.synthetic import make_case
+    from models.synthetic.dicom_writer import write_case
+
+    case = make_case(kind, seed)
+    written = write_case(case, folder)
+    modality = json.loads(written.ground_truth.read_text(encoding="utf-8"))["modality"]
+    study = StudyInput(written.study_instance_uid, [SeriesInput(written.series_instance_uid, modality, written.files)])
+    return case, study
+
+
+def largest_sizes(lesions: list[Any], findings: list[Any]) -> dict[str, tuple[float, int]]:
+    """Per diameter label both drawn and reported with a size: (the largest reported size, the largest drawn in
+    whole mm) — what "How large is the largest nodule?" is answered from (the findings text names the largest
+    first) and against."""
+    from models.synthetic.text import mm
+
+    out: dict[str, tuple[float, int]] = {}
+    for label in DIAMETER_LABELS:
+        drawn = [float(les.size_mm) for les in lesions if les.label == label and les.size_mm]
+        reported = [float(f.size_mm) for f in findings if f.label == label and f.size_mm is not None]
+        if drawn and reported:
+            out[label] = (max(reported), mm(max(drawn)))
+    return out
+
+
+def size_agreement(errors: list[float]) -> dict[str, Any]:
+    """Reported minus drawn sizes (whole mm) summarised: how often they agree to the mm and within 2 mm, the
+    median miss."""
+    return {
+        "cases": len(errors),
+        "exact": float(np.mean([e == 0 for e in errors])) if errors else None,
+        "within_2mm": float(np.mean([abs(e) <= 2 for e in errors])) if errors else None,
+        "median_abs_error": float(np.median(np.abs(errors))) if errors else None,
+    }
 
 
 def _largest_places(findings: list[Any]) -> dict[str, dict[str, str]]:
@@ -584,6 +623,13 @@ def format_tables(metrics: dict[str, Any]) -> str:
                     f"{_fmt(r['consistency'])} | {_fmt(nd.get('en'))} / {_fmt(nd.get('zh'))} |"
                 )
     for kind, m in metrics["modalities"].items():
+        sizes = m.get("sizes")
+        if sizes and sizes["cases"]:
+            lines.append(
+                f"\n{kind}: largest nodule / mass / lesion size stated = the phantom's (whole mm) in "
+                f"{_fmt(sizes['exact'])} of {sizes['cases']} (case, label) pairs with both, within 2 mm in "
+                f"{_fmt(sizes.get('within_2mm'))}; median absolute error {_fmt(sizes['median_abs_error'])} mm"
+            )
         suv = m.get("report", {}).get("suvmax")
         if suv:
             lines.append(
@@ -622,6 +668,8 @@ def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
             entry["location_disagreement"] = m["vqa"].get("location_disagreement")
         if "report" in m:
             entry["rendered_text"] = m["report"]
+        if "sizes" in m:
+            entry["sizes"] = m["sizes"]
         if "out_of_range" in m:
             o = m["out_of_range"]
             entry["out_of_range"] = {k: o.get(k) for k in ("n", "auroc", "map50", "dice", "slice_hit")}

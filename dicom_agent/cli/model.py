@@ -139,14 +139,17 @@ def export(
 def calibrate(
     bundle: Annotated[Path, typer.Option(help="bundle directory")] = DEFAULT_BUNDLE,
     cases: Annotated[int, typer.Option(min=5, help="validation phantoms per kind")] = 300,
+    size_cases: Annotated[
+        int, typer.Option(min=0, help="validation phantoms per kind written as DICOM to choose the size fractions")
+    ] = 100,
 ) -> None:
-    """Re-choose a bundle's decoding (mask threshold, delineation, box source and whether masks give a side, per
-    label) on validation phantoms and record it in manifest.json; the graphs are unchanged, so no checkpoint is
-    needed."""
+    """Re-choose a bundle's decoding (mask threshold, delineation, box source, whether masks give a side and the
+    source-grid size fraction, per label) on validation phantoms and record it in manifest.json; the graphs are
+    unchanged, so no checkpoint is needed."""
     _logging()
     from models.decoding import write_calibration
 
-    decoding = write_calibration(bundle, cases)["decoding"]
+    decoding = write_calibration(bundle, cases, size_cases=size_cases)["decoding"]
     for kind, levels in decoding["mask_thresholds"].items():
         out(f"{kind} mask thresholds: " + ", ".join(f"{k} {v:g}" for k, v in levels.items()))
     for kind, fractions in decoding.get("delineation", {}).items():
@@ -158,6 +161,8 @@ def calibrate(
         out(f"{kind} boxes from masks: " + ", ".join(sources))
     for kind, keys in decoding["unsided"].items():
         out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
+    for kind, fractions in decoding.get("size_fraction", {}).items():
+        out(f"{kind} sizes outlined on the source grid at: " + ", ".join(f"{k} {v:g}" for k, v in fractions.items()))
 
 
 @app.command("eval")

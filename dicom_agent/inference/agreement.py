@@ -121,12 +121,14 @@ _ANSWER_NOTE = {
         "absent": "Note: the coded findings do not include {name}.",
         "where": "Note: the coded findings place the largest {name} in the {where}.",
         "uptake": "Note: the highest SUVmax of the coded findings is {suv}.",
+        "no_uptake": "Note: no SUVmax was measured in this study (no lesion found, or the series gives no SUV).",
     },
     "zh": {
         "present": "注意：编码所见包含{name}。",
         "absent": "注意：编码所见不包含{name}。",
         "where": "注意：编码所见中最大的{name}位于{where}。",
         "uptake": "注意：编码所见的最高SUVmax为{suv}。",
+        "no_uptake": "注意：本检查未测得SUVmax（未发现病灶，或该序列无法计算SUV）。",
     },
 }
 
@@ -182,9 +184,15 @@ def answer_disagreement(
 
 
 def _uptake_disagreement(answer: str, lang: str, findings: Sequence[Finding]) -> str | None:
-    """A note when a numeric answer is not the highest SUVmax of the findings (to its stated decimal)."""
+    """A note when a numeric answer is not the highest SUVmax of the findings (to its stated decimal), or
+    when there is none to give: the decoder answers a number even where no lesion was found (the phantoms
+    never ask about uptake without one)."""
     measured = [f.suv_max for f in findings if f.present and f.suv_max is not None]
     number = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", normalize_answer(answer))
-    if not measured or number is None or abs(float(number.group(1)) - max(measured)) < 0.05:
+    if number is None:
+        return None
+    if not measured:
+        return _ANSWER_NOTE[lang]["no_uptake"]
+    if abs(float(number.group(1)) - max(measured)) < 0.05:
         return None
     return _ANSWER_NOTE[lang]["uptake"].format(suv=f"{max(measured):.1f}")

@@ -371,6 +371,13 @@ class BundleRunner:
             kind: {key: float(f) for key, f in per_label.items()}
             for kind, per_label in decoding.get("delineation", {}).items()
         }
+        # per (kind, round focal label), the fraction at which a lesion is outlined on the source grid to measure
+        # its equivalent diameter (``inference.measure``), chosen on validation phantoms; labels not listed are
+        # measured on the model grid
+        self.size_fraction: dict[str, dict[str, float]] = {
+            kind: {key: float(f) for key, f in per_label.items()}
+            for kind, per_label in decoding.get("size_fraction", {}).items()
+        }
 
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available

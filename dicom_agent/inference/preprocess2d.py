@@ -38,6 +38,7 @@ class Radiograph:
     spacing_source: str  # which attribute gave the spacing (PS3.3 10.7.1.3 says which one to trust)
     view_position: str | None = None
     flags: list[str] = field(default_factory=list)
+    source_values: np.ndarray | None = None  # [0, 1] display values on the stored pixel grid: sizes are measured here
 
 
 def load_radiographs(path: Path, size: int, study_uid: str | None = None, keep_aspect: bool = True) -> list[Radiograph]:
@@ -73,6 +74,7 @@ def load_radiographs(path: Path, size: int, study_uid: str | None = None, keep_a
                 spacing_source=spacing_source,
                 view_position=str(getattr(ds, "ViewPosition", "") or "") or None,
                 flags=flags,
+                source_values=values,
             )
         )
     return out

@@ -20,10 +20,10 @@ CONTEXT_FINDINGS = 6  # findings in the decoder's prompt at most: it has 192 pos
 
 
 def format_mm(size_mm: float) -> str:
-    """Sizes as a radiologist writes them: whole millimetres from 10 mm, one decimal below."""
-    if size_mm >= 10:
-        return str(round(size_mm))
-    return f"{size_mm:.1f}".rstrip("0").rstrip(".")
+    """Sizes in whole millimetres, as the Fleischner Society asks for nodules (2017: rounded to the nearest
+    millimetre; a decimal claims a precision no measurement has) and as the phantoms' reports write them.
+    The SR's NUM keeps the measured value to 0.1 mm."""
+    return str(max(1, round(size_mm)))
 
 
 def format_suv(suv_max: float) -> str:

@@ -65,6 +65,32 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     assert runner.mask_thresholds == decoding["mask_thresholds"]
     assert set(decoding["calibration"]["delineation_dice"]) == {"cxr", "ct", "pet"}
     assert runner.delineation == decoding["delineation"]
+    # the size levels were measured through the adapter (too few smoke cases to choose one: none is)
+    assert set(decoding["calibration"]["size_exact"]) == {"cxr", "ct", "pet"}
+    assert runner.size_fraction == decoding.get("size_fraction", {}) == {}
+
+
+def test_a_size_level_is_picked_only_where_it_beats_the_model_grid() -> None:
+    from models.decoding import SIZE_MIN_CASES, pick_size_level
+
+    n = SIZE_MIN_CASES
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == 0.6  # then the error
+    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == 0.6  # nearer half
+    assert pick_size_level({"model": (0.30, 1.0), "0.5": (0.33, 0.0)}, n) is None  # gains less than the margin
+    assert pick_size_level({"model": (0.0, 3.0), "0.5": (0.9, 0.0)}, n - 1) is None  # too few cases
+    assert pick_size_level({"model": (0.0, 3.0)}, n) is None
+
+
+def test_the_shipped_bundle_measures_sizes_as_calibrated() -> None:
+    from models.decoding import SIZE_MARGIN
+
+    decoding = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))["decoding"]
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    assert runner.size_fraction == decoding["size_fraction"] and decoding["size_fraction"]
+    for kind, levels in decoding["size_fraction"].items():
+        for key, level in levels.items():
+            table = decoding["calibration"]["size_exact"][kind][key]
+            assert table[f"{level:g}"]["exact"] >= table["model"]["exact"] + SIZE_MARGIN
 
 
 def test_labels_whose_masks_guess_the_side_are_left_unsided() -> None:

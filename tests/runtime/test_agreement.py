@@ -108,8 +108,14 @@ def test_an_suvmax_answer_is_checked_against_the_highest_measured() -> None:
     assert answer_disagreement("最活跃的高代谢病灶SUVmax是多少？", "9", "zh", findings, VOCAB) == (
         "注意：编码所见的最高SUVmax为11.2。"
     )
-    # not judged: a non-numeric answer, or no SUV measured (a series without weight or dose)
+    # not judged: a non-numeric answer
     assert answer_disagreement("What is the highest SUVmax?", "none", "en", findings, VOCAB) is None
+    # a number where none was measured (no lesion found, or a series without weight or dose) is noted
     for f in findings:
         f.suv_max = None
-    assert answer_disagreement("What is the highest SUVmax?", "6.6", "en", findings, VOCAB) is None
+    assert answer_disagreement("What is the highest SUVmax?", "0", "en", findings, VOCAB) == (
+        "Note: no SUVmax was measured in this study (no lesion found, or the series gives no SUV)."
+    )
+    assert answer_disagreement("最高SUVmax是多少？", "6.6", "zh", [], VOCAB) == (
+        "注意：本检查未测得SUVmax（未发现病灶，或该序列无法计算SUV）。"
+    )

@@ -72,6 +72,25 @@ def _centre(volume: Volume, center_vox: tuple[int, int, int]) -> tuple[float, fl
     return z, y, x
 
 
+def _map_back_only(size_fraction: dict[str, dict[str, float]] | None = None) -> BundleAdapter:
+    """The adapter's map-back stage without its ONNX graphs: the vocabulary, the PET window and the decoding
+    settings that stage reads."""
+    bundle = load_bundle(BUNDLE, verify=False)
+    adapter = BundleAdapter.__new__(BundleAdapter)
+    adapter.vocabulary = bundle.vocabulary
+    adapter.windows = {"pet": tuple(bundle.manifest.inputs["pet"]["window"])}
+    adapter.runner = SimpleNamespace(size_fraction=size_fraction or {}, unsided={})
+    return adapter
+
+
+def _lesions_on_grid(case: Case, volume: Volume) -> np.ndarray:
+    """The phantom's lesion voxels resampled onto the model grid (nearest neighbour): a perfect model's mask."""
+    labels = sitk.GetImageFromArray(case.mask)
+    labels.CopyInformation(volume.source)
+    on_grid = sitk.Resample(labels, volume.model, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(on_grid) > 0
+
+
 def _organ_map(volume: Volume) -> PetOrganMap:
     sx, sy, sz = volume.model_spacing
     return PetOrganMap.from_suv(volume.values, (sz, sy, sx))
@@ -119,22 +138,13 @@ def test_adapter_names_pet_sites_in_findings_and_text(written: tuple[Case, Volum
     """The ground-truth masks stand in for the model's: each lesion becomes a finding with its site, the text
     names it (no side for the mediastinum and the liver), and EN and ZH parse back to the phantom's facts."""
     case, volume = written
-    bundle = load_bundle(BUNDLE, verify=False)
-    adapter = BundleAdapter.__new__(BundleAdapter)  # the ONNX graphs are not needed for the map-back stage
-    adapter.vocabulary = bundle.vocabulary
-    labels = sitk.GetImageFromArray(case.mask)
-    labels.CopyInformation(volume.source)
-    on_grid = sitk.Resample(labels, volume.model, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    adapter = _map_back_only()
     key = "hypermetabolic_lesion"
     result = SimpleNamespace(
-        present=[key],
-        probabilities={key: 0.9},
-        masks={key: sitk.GetArrayFromImage(on_grid) > 0},
-        boxes=[],
-        cores={},
+        present=[key], probabilities={key: 0.9}, masks={key: _lesions_on_grid(case, volume)}, boxes=[], cores={}
     )
     findings = adapter._findings_3d("pet", volume, result)
-    vocabulary = bundle.vocabulary
+    vocabulary = adapter.vocabulary
     truth = {fact(vocabulary, les.label, les.location, les.laterality, None) for les in case.lesions}
     assert {"mediastinum", "liver"} <= {les.location for les in case.lesions}
     assert {fact(vocabulary, f.label, f.location, f.laterality, None) for f in findings} == truth
@@ -154,8 +164,7 @@ def test_a_lesion_found_only_by_its_box_is_located_like_a_mask(written: tuple[Ca
     from dicom_agent.inference.onnx_runner import DetectedBox
 
     case, volume = written
-    adapter = BundleAdapter.__new__(BundleAdapter)
-    adapter.vocabulary = load_bundle(BUNDLE, verify=False).vocabulary
+    adapter = _map_back_only()
     key = "hypermetabolic_lesion"
     for lesion in case.lesions:
         z, y, x = _centre(volume, lesion.attrs["center_vox"])
@@ -169,13 +178,9 @@ def test_a_lesion_found_only_by_its_box_is_located_like_a_mask(written: tuple[Ca
 def test_a_lesion_is_measured_on_its_confident_core(written: tuple[Case, Volume]) -> None:
     """Masked faintly, a lesion keeps its faint mask for the SEG but its size is that of the confident core."""
     case, volume = written
-    adapter = BundleAdapter.__new__(BundleAdapter)
-    adapter.vocabulary = load_bundle(BUNDLE, verify=False).vocabulary
+    adapter = _map_back_only()
     key = "hypermetabolic_lesion"
-    labels = sitk.GetImageFromArray(case.mask)
-    labels.CopyInformation(volume.source)
-    on_grid = sitk.Resample(labels, volume.model, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    lesions = sitk.GetArrayFromImage(on_grid) > 0
+    lesions = _lesions_on_grid(case, volume)
     faint = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(lesions.astype(np.uint8)), [2, 2, 0])) > 0
 
     def sizes(cores: dict[str, np.ndarray]) -> list[float]:
@@ -185,3 +190,27 @@ def test_a_lesion_is_measured_on_its_confident_core(written: tuple[Case, Volume]
     grown, measured = sizes({}), sizes({key: lesions})
     assert len(grown) == len(measured) == len(case.lesions)
     assert all(m < g for m, g in zip(measured, grown, strict=True))  # 2 cells less on each side in-plane
+
+
+def test_a_lesion_is_measured_on_the_source_grid(written: tuple[Case, Volume]) -> None:
+    """With a size fraction in the manifest, each lesion's size is the equivalent diameter of its outline on the
+    acquired 4 mm voxels: within 2.5 mm of the phantom's diameter for every lesion, and closer in all than the
+    model grid's 8 mm cells measure the same masks (phantom 16.7, 25.7, 30.9, 36.1 mm; source grid 15.4, 26.7,
+    30.8, 38.4; model grid 16, 32, 32, 32)."""
+    case, volume = written
+    key = "hypermetabolic_lesion"
+    result = SimpleNamespace(
+        present=[key], probabilities={key: 0.9}, masks={key: _lesions_on_grid(case, volume)}, boxes=[], cores={}
+    )
+
+    def sizes(adapter: BundleAdapter) -> list[float]:
+        return sorted(f.size_mm or 0.0 for f in adapter._findings_3d("pet", volume, result))
+
+    drawn = sorted(float(les.size_mm or 0.0) for les in case.lesions)
+    on_model_grid = sizes(_map_back_only())
+    on_source = sizes(_map_back_only({"pet": {key: 0.5}}))
+    assert len(on_source) == len(drawn) == 4
+    source_errors = [abs(a - b) for a, b in zip(on_source, drawn, strict=True)]
+    grid_errors = [abs(a - b) for a, b in zip(on_model_grid, drawn, strict=True)]
+    assert max(source_errors) <= 2.5, (on_source, drawn)
+    assert sum(source_errors) < sum(grid_errors), (on_source, on_model_grid, drawn)

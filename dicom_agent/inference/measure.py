@@ -1,0 +1,42 @@
+"""Lesion diameters measured on the acquired pixels, not on the model grid.
+
+The network sees a radiograph at 128² (3.4 mm pixels for a 43 cm detector) and a CT or PET at 32 × 64²
+(5–8 mm in-plane, 10–24 mm between slices); a size read off that grid is off by a pixel or two, which is the
+difference between nodule size categories (6 and 8 mm). So a round lesion is measured where the scanner sampled
+it: its mask, mapped back onto the source grid, is redrawn from the source values by the delineation rule
+(:func:`~dicom_agent.inference.onnx_runner.delineate`: the pixels near the mask at or above a fraction of its
+brightest, connected to it) and its size is the **equivalent diameter** of that outline — the diameter of the
+circle (radiograph) or sphere (volume) of the same area or volume, as in nodule volumetry. The fraction is a
+per-label decoding setting (manifest ``decoding.size_fraction``) chosen on validation phantoms
+(:func:`models.decoding.choose_size_fractions`); a label without one keeps the model-grid measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from dicom_agent.inference.onnx_runner import delineate
+
+
+def equivalent_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
+    """Diameter (mm) of the circle (2D mask) or sphere (3D mask) with the mask's area or volume; ``spacing`` is
+    the pixel size in mm along each axis of ``mask``. None for an empty mask."""
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        return None
+    measure = count * math.prod(float(s) for s in spacing)
+    if mask.ndim == 2:
+        return 2.0 * math.sqrt(measure / math.pi)
+    return (6.0 * measure / math.pi) ** (1.0 / 3.0)
+
+
+def source_diameter(values: np.ndarray, mask: np.ndarray, spacing: Sequence[float], fraction: float) -> float | None:
+    """Equivalent diameter (mm) of a lesion outlined on the source grid: ``mask`` (the lesion's source-grid mask)
+    redrawn from ``values`` (same shape, the model's intensity window in [0, 1]) at ``fraction`` of its peak.
+    None when the grids disagree or the mask is empty."""
+    if values.shape != mask.shape or not mask.any():
+        return None
+    return equivalent_diameter(delineate(values, mask, fraction), spacing)
