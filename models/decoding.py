@@ -24,9 +24,10 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   diameters), the fraction of a lesion's peak at which the runtime outlines it on the *source* grid to measure its
   equivalent diameter (``inference.measure``), where that states the phantom's largest lesion to the whole mm
   more often than the model-grid measurement by ``SIZE_MARGIN``. Chosen by :func:`choose_size_fractions`, which
-  runs the node's adapter on phantoms written as DICOM (the source grid is only there). Bundle 0.10.0, 100
-  validation cases per kind (exact to the mm, model grid → chosen): radiograph nodules 0.19 → 0.44 (0.6), masses
-  0.10 → 0.80 (0.6); CT nodules 0.00 → 0.41, masses 0.13 → 0.33; PET lesions (see docs/model.md).
+  runs the node's adapter on phantoms written as DICOM (the source grid is only there). Bundle 0.10.0's graphs,
+  100 validation cases per kind (largest lesion stated to the mm, model grid → chosen): radiograph nodules 0.19 →
+  0.52 (at 0.6), masses 0.10 → 0.80 (0.6); CT nodules 0.00 → 0.38 (0.7), masses 0.13 → 0.33 (0.5); PET lesions
+  0.04 → 0.22 (0.5).
 - ``unsided``: per kind, the non-focal labels (effusion, pneumothorax) whose masks do not tell the side: on
   the validation cases showing the label, fewer than ``SIDE_MIN_PRECISION`` of the sides the runtime would
   state from the mask are right. Such a finding is reported without a side rather than on a guessed or on
@@ -297,12 +298,9 @@ def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> floa
 
 def _outlined_size(grid: Any, mask: Any, level: float) -> float | None:
     """A finding's equivalent diameter outlined on the source grid at ``level`` (None: no grid or no mask)."""
-    from dicom_agent.inference.measure import source_diameter
-
     if grid is None or mask is None:
         return None
-    values, spacing = grid
-    return source_diameter(values, mask.pixels.reshape(values.shape), spacing, level)
+    return grid.diameter(mask.pixels.reshape(grid.values.shape), level)
 
 
 def _size_score(errors: list[int]) -> tuple[float, float]:

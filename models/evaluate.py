@@ -30,6 +30,7 @@ from models.dataset import Batch, Sample, collate, make_samples
 from models.export import write_manifest
 from models.labels import LABEL_KEYS, label_mask
 from models.network import UnifiedModel
+from models.synthetic.text import mm
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,6 @@ def runtime_metrics(
 
     from dicom_agent.inference.bundle_adapter import BundleAdapter
     from dicom_agent.inference.parse import parse
-    from models.synthetic.text import mm
     from models.terminology import LABELS
 
     adapter = BundleAdapter(bundle, device="cpu", narrative=False)
@@ -472,8 +472,6 @@ def largest_sizes(lesions: list[Any], findings: list[Any]) -> dict[str, tuple[fl
     """Per diameter label both drawn and reported with a size: (the largest reported size, the largest drawn in
     whole mm) — what "How large is the largest nodule?" is answered from (the findings text names the largest
     first) and against."""
-    from models.synthetic.text import mm
-
     out: dict[str, tuple[float, int]] = {}
     for label in DIAMETER_LABELS:
         drawn = [float(les.size_mm) for les in lesions if les.label == label and les.size_mm]

@@ -24,7 +24,7 @@ from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import answer_disagreement, flag_disagreements
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
-from dicom_agent.inference.measure import source_diameter
+from dicom_agent.inference.measure import SourceGrid
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
 from dicom_agent.inference.render import prompt_findings, render
 from dicom_agent.inference.series import select_series
@@ -44,9 +44,6 @@ MIN_LESION_VOXELS = 2
 # on the other side, those of bilateral ones 42-51 %
 MIN_SIDE_SHARE = 0.25
 MAX_LESIONS_PER_LABEL = 5
-
-
-MeasurementGrid = tuple[np.ndarray, tuple[float, ...]]  # source values in [0, 1], spacing (mm) per axis
 
 
 @dataclass
@@ -384,7 +381,7 @@ class BundleAdapter:
             components = components_of.get(key, [])
             if spec.focal and components:
                 for component in components[:MAX_LESIONS_PER_LABEL]:
-                    out.append(self._lesion_3d(spec, probability, volume, component, result, sites, (kind, grid)))
+                    out.append(self._lesion_3d(spec, probability, volume, component, result, sites, kind, grid))
             elif spec.focal:
                 out.append(self._box_only_3d(spec, probability, volume, result, sites))
             elif components:
@@ -401,7 +398,8 @@ class BundleAdapter:
         component: np.ndarray,
         result: Any,
         sites: LungMap | PetOrganMap | None,
-        measured_on: tuple[str, MeasurementGrid | None] = ("", None),
+        kind: str = "",
+        grid: SourceGrid | None = None,
     ) -> Finding:
         source = volume.mask_to_source(component)
         sx, sy, _ = volume.source_spacing
@@ -416,7 +414,7 @@ class BundleAdapter:
             ((k, max((x1 - x0) * sx, (y1 - y0) * sy)) for k, (x0, y0, x1, y1) in measured or outline),
             key=lambda ks: ks[1],
         )
-        size = self._source_size(*measured_on, spec.key, source) or size
+        size = self._source_size(kind, grid, spec.key, source) or size  # round lesions: on the acquired voxels
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
         location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
         suv_max, suv_on = _uptake(volume, source, boxes)
@@ -480,21 +478,20 @@ class BundleAdapter:
         return out or [self._finding(spec, probability)]
 
     # ---- shared --------------------------------------------------------------------------------------------
-    def measurement_grid(self, item: ModelInput) -> MeasurementGrid | None:
-        """The source values (the model's intensity window, [0, 1]) and pixel spacing (mm per axis) that the
-        lesion sizes of ``item`` are measured on (``inference.measure``); None without a pixel spacing."""
+    def measurement_grid(self, item: ModelInput) -> SourceGrid | None:
+        """The source values, spacing and intensity window that the lesion sizes of ``item`` are measured on
+        (``inference.measure``); None without a pixel spacing."""
         if item.radiograph is not None:
             return _grid_2d(item.radiograph)
         return _grid_3d(item.volume, self.windows[item.kind]) if item.volume is not None else None
 
-    def _source_size(self, kind: str, grid: MeasurementGrid | None, key: str, source_mask: np.ndarray) -> float | None:
+    def _source_size(self, kind: str, grid: SourceGrid | None, key: str, source_mask: np.ndarray) -> float | None:
         """A round lesion's equivalent diameter on the source grid where the manifest gives its label a size
         fraction (``decoding.size_fraction``), else None (the caller keeps its model-grid measurement)."""
         fraction = self.runner.size_fraction.get(kind, {}).get(key)
         if fraction is None or grid is None:
             return None
-        values, spacing = grid
-        return source_diameter(values, source_mask, spacing, fraction)
+        return grid.diameter(source_mask, fraction)
 
     def _side_location(self, side: str) -> str | None:
         """The vocabulary's side-only site for non-focal findings (e.g. ``right_pleura``), if it has one."""
@@ -542,16 +539,17 @@ class BundleAdapter:
         )
 
 
-def _grid_2d(radiograph: Radiograph) -> MeasurementGrid | None:
+def _grid_2d(radiograph: Radiograph) -> SourceGrid | None:
     if radiograph.source_values is None or radiograph.spacing_mm is None:
         return None
-    return radiograph.source_values, radiograph.spacing_mm
+    return SourceGrid(radiograph.source_values, radiograph.spacing_mm)
 
 
-def _grid_3d(volume: Volume, window_range: tuple[float, float]) -> MeasurementGrid:
-    """The source stack in the model's window, (slice, row, column) like the source-grid masks."""
+def _grid_3d(volume: Volume, window_range: tuple[float, float]) -> SourceGrid:
+    """The source stack (a view, not a copy), (slice, row, column) like the source-grid masks, with the model's
+    window."""
     sx, sy, sz = volume.source_spacing
-    return window(sitk.GetArrayViewFromImage(volume.source), *window_range), (sz, sy, sx)
+    return SourceGrid(sitk.GetArrayViewFromImage(volume.source), (sz, sy, sx), window_range)
 
 
 def _uptake(volume: Volume, region: np.ndarray, boxes: list[Box]) -> tuple[float | None, int | None]:

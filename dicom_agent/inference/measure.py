@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_agent.inference.onnx_runner import delineate
+from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate
+from dicom_agent.inference.volume import window
 
 
 def equivalent_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
@@ -40,3 +42,27 @@ def source_diameter(values: np.ndarray, mask: np.ndarray, spacing: Sequence[floa
     if values.shape != mask.shape or not mask.any():
         return None
     return equivalent_diameter(delineate(values, mask, fraction), spacing)
+
+
+@dataclass(frozen=True)
+class SourceGrid:
+    """Where an image's lesion sizes are measured: its source values, their pixel spacing (mm per axis of the
+    values) and the model's intensity window for them (None: already in [0, 1], as radiograph display values)."""
+
+    values: np.ndarray
+    spacing: tuple[float, ...]
+    window: tuple[float, float] | None = None
+
+    def diameter(self, mask: np.ndarray, fraction: float) -> float | None:
+        """:func:`source_diameter` of a source-grid ``mask``. Only the mask's bounding box, grown by the outline's
+        reach, is windowed: a CT of 512² × 300 voxels is 300 MB as float32, a lesion a few hundred kB."""
+        if self.values.shape != mask.shape or not mask.any():
+            return None
+        where = np.argwhere(mask)
+        box = tuple(
+            slice(max(int(lo) - DELINEATION_REACH, 0), min(int(hi) + 1 + DELINEATION_REACH, n))
+            for lo, hi, n in zip(where.min(axis=0), where.max(axis=0), mask.shape, strict=True)
+        )
+        crop = self.values[box]
+        values = window(crop, *self.window) if self.window is not None else crop
+        return source_diameter(values, mask[box], self.spacing, fraction)

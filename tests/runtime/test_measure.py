@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_agent.inference.measure import equivalent_diameter, source_diameter
+from dicom_agent.inference.measure import SourceGrid, equivalent_diameter, source_diameter
+from dicom_agent.inference.volume import window
 
 
 def _bump(shape: tuple[int, ...], spacing: float, diameter: float) -> np.ndarray:
@@ -60,3 +61,55 @@ def test_nothing_to_measure() -> None:
     assert equivalent_diameter(np.zeros((4, 4), bool), (1.0, 1.0)) is None
     assert source_diameter(values, np.zeros_like(values, dtype=bool), (1.0, 1.0), 0.5) is None
     assert source_diameter(values, np.ones((16, 16), bool), (1.0, 1.0), 0.5) is None  # another grid's mask
+
+
+def test_a_source_grid_windows_only_around_the_lesion() -> None:
+    """Raw HU in, the model's window applied to the lesion's neighbourhood only: the same diameter as windowing
+    the whole stack first (a nodule at the stack's edge included, where the grown box is clipped)."""
+    hu = _bump((24, 48, 48), 1.0, 9.0) * 1400.0 - 1000.0  # 0..1 mapped onto the CT window [-1000, 400]
+    hu = hu[7:, :, 19:]  # the centre 5.4 voxels from the first slice and column: the grown box is clipped there
+    mask = window(hu, -1000.0, 400.0) >= 0.55
+    grid = SourceGrid(hu, (1.0, 1.0, 1.0), (-1000.0, 400.0))
+    whole = source_diameter(window(hu, -1000.0, 400.0), mask, (1.0, 1.0, 1.0), 0.5)
+    assert whole is not None and grid.diameter(mask, 0.5) == pytest.approx(whole) and abs(whole - 9.0) < 0.5
+    assert grid.diameter(np.zeros_like(mask), 0.5) is None
+
+
+def test_a_radiograph_nodule_is_measured_on_its_stored_pixels() -> None:
+    """The adapter's radiograph path: a nodule found on the 64² model grid of a 128² image (0.5 mm pixels) is
+    measured on the stored pixels where the manifest gives nodules a size fraction, else by its box."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from dicom_agent.inference.grid import Letterbox
+    from dicom_agent.inference.manifest import load_bundle
+    from dicom_agent.inference.onnx_runner import DetectedBox
+    from dicom_agent.inference.types import ImageRef
+
+    bundle = Path(__file__).resolve().parents[2] / "models" / "bundled"
+    adapter = BundleAdapter.__new__(BundleAdapter)  # the map-back stage only
+    adapter.vocabulary = load_bundle(bundle, verify=False).vocabulary
+    adapter.lung_field = (0.12, 0.77)
+    stored = _bump((128, 128), 0.5, 13.0)  # a 13 mm nodule centred near (64.4, 64.4) stored pixels
+    ref = ImageRef("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1")
+    radiograph = SimpleNamespace(grid=Letterbox.fit(128, 128, 64), spacing_mm=(0.5, 0.5), ref=ref, source_values=stored)
+    model_mask = np.zeros((1, 64, 64), bool)
+    model_mask[0, 27:38, 27:38] = True  # the network's mask: 11 model pixels = 11 mm across, a little small
+    result = SimpleNamespace(
+        present=["nodule"],
+        probabilities={"nodule": 0.9},
+        boxes=[DetectedBox("nodule", 0.9, 27.0, 27.0, 38.0, 38.0)],
+        masks={"nodule": model_mask[0]},
+        cores={},
+        mask_probs=model_mask.astype(np.float32),
+    )
+
+    def size(fractions: dict[str, dict[str, float]]) -> float | None:
+        adapter.runner = SimpleNamespace(box_source={}, size_fraction=fractions)
+        (finding,) = adapter._findings_2d(radiograph, result)  # type: ignore[arg-type]
+        return finding.size_mm
+
+    assert size({}) == 11.0  # the box's longest side on the model grid
+    measured = size({"cxr": {"nodule": 0.5}})
+    assert measured is not None and abs(measured - 13.0) < 0.5, measured
