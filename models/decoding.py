@@ -248,7 +248,7 @@ def choose_size_fractions(
     import tempfile
 
     from dicom_agent.inference.bundle_adapter import BundleAdapter
-    from models.evaluate import largest_sizes, phantom_case_study
+    from models.evaluate import agreement, largest_sizes, phantom_case_study
     from models.synthetic.text import mm
     from models.train import available_kinds
 
@@ -259,7 +259,7 @@ def choose_size_fractions(
     work = Path(tempfile.mkdtemp(prefix="size-calibration-"))
     try:
         for kind in [k for k in KINDS if k in available_kinds()]:
-            errors: dict[str, dict[str, list[int]]] = {}  # label -> option -> reported - drawn (whole mm)
+            errors: dict[str, dict[str, list[float]]] = {}  # label -> option -> reported - drawn (whole mm)
             for i in range(cases):
                 case, study = phantom_case_study(kind, seed + i, work / f"{kind}{i}")
                 item = adapter.analyse(study).inputs[0]
@@ -274,7 +274,8 @@ def choose_size_fractions(
                 shutil.rmtree(work / f"{kind}{i}", ignore_errors=True)
             table[kind] = {}
             for label, row in errors.items():
-                summary = {name: _size_score(e) for name, e in row.items()}
+                scores = {name: agreement(e, 0.5) for name, e in row.items()}  # whole mm: exact = equal
+                summary = {name: (s["exact"], s["median_abs_error"]) for name, s in scores.items()}
                 table[kind][label] = {name: {"exact": v[0], "median_abs_error": v[1]} for name, v in summary.items()}
                 picked = pick_size_level(summary, len(row["model"]))
                 if picked is not None:
@@ -301,11 +302,6 @@ def _outlined_size(grid: Any, mask: Any, level: float) -> float | None:
     if grid is None or mask is None:
         return None
     return grid.diameter(mask.pixels.reshape(grid.values.shape), level)
-
-
-def _size_score(errors: list[int]) -> tuple[float, float]:
-    """(share stated to the mm, median absolute error in mm)."""
-    return float(np.mean([e == 0 for e in errors])), float(np.median(np.abs(errors)))
 
 
 def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases: int | None = None) -> dict[str, Any]:

@@ -439,11 +439,7 @@ def runtime_metrics(
             "narrative_disagreement": {lang: n / report_cases for lang, n in disagreeing.items()},
         }
         if uptake_errors:  # PET: the highest SUVmax stated, against the phantom's, to the stated decimal
-            out["report"]["suvmax"] = {
-                "cases": len(uptake_errors),
-                "exact": float(np.mean([abs(e) < 0.05 for e in uptake_errors])),
-                "median_abs_error": float(np.median(np.abs(uptake_errors))),
-            }
+            out["report"]["suvmax"] = agreement(uptake_errors, 0.05)
     if vqa_cases:
         out["vqa"] = tallies["vqa"].summary() | {"cases": vqa_cases}
         if controls:
@@ -481,15 +477,20 @@ def largest_sizes(lesions: list[Any], findings: list[Any]) -> dict[str, tuple[fl
     return out
 
 
-def size_agreement(errors: list[float]) -> dict[str, Any]:
-    """Reported minus drawn sizes (whole mm) summarised: how often they agree to the mm and within 2 mm, the
-    median miss."""
+def agreement(errors: list[float], exact_within: float) -> dict[str, Any]:
+    """Reported minus drawn values summarised: how many, how often they agree (``|error| < exact_within``: to
+    the stated digit), the median miss."""
     return {
         "cases": len(errors),
-        "exact": float(np.mean([e == 0 for e in errors])) if errors else None,
-        "within_2mm": float(np.mean([abs(e) <= 2 for e in errors])) if errors else None,
+        "exact": float(np.mean([abs(e) < exact_within for e in errors])) if errors else None,
         "median_abs_error": float(np.median(np.abs(errors))) if errors else None,
     }
+
+
+def size_agreement(errors: list[float]) -> dict[str, Any]:
+    """Reported minus drawn sizes (whole mm): :func:`agreement` to the mm, and how often within 2 mm."""
+    within = float(np.mean([abs(e) <= 2 for e in errors])) if errors else None
+    return agreement(errors, 0.5) | {"within_2mm": within}
 
 
 def _largest_places(findings: list[Any]) -> dict[str, dict[str, str]]:

@@ -445,9 +445,11 @@ class BundleAdapter:
         y, x = (detected.y0 + detected.y1) / 2 - 0.5, (detected.x0 + detected.x1) / 2 - 0.5
         location, side = sites.location(float(detected.z), y, x) if sites is not None else (None, _side(volume, x))
         boxes = [Box(volume.slices[index], x0, y0, x1, y1, score=float(detected.score))]
-        region = np.zeros(volume.source_shape, dtype=bool)
-        region[index, int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
-        suv_max, suv_on = _uptake(volume, region, boxes)
+        suv_max, suv_on = None, None
+        if volume.unit == "SUV":  # a source-sized mask of the box only where there is an SUV to read in it
+            region = np.zeros(volume.source_shape, dtype=bool)
+            region[index, int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
+            suv_max, suv_on = _uptake(volume, region, boxes)
         return self._finding(
             spec, probability, location=location, laterality=side, boxes=boxes, suv_max=suv_max, suv_on=suv_on
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate
+from dicom_agent.inference.onnx_runner import delineate, grown_box
 from dicom_agent.inference.volume import window
 
 
@@ -58,11 +58,7 @@ class SourceGrid:
         reach, is windowed: a CT of 512² × 300 voxels is 300 MB as float32, a lesion a few hundred kB."""
         if self.values.shape != mask.shape or not mask.any():
             return None
-        where = np.argwhere(mask)
-        box = tuple(
-            slice(max(int(lo) - DELINEATION_REACH, 0), min(int(hi) + 1 + DELINEATION_REACH, n))
-            for lo, hi, n in zip(where.min(axis=0), where.max(axis=0), mask.shape, strict=True)
-        )
+        box = grown_box(np.argwhere(mask), mask.shape)
         crop = self.values[box]
         values = window(crop, *self.window) if self.window is not None else crop
         return source_diameter(values, mask[box], self.spacing, fraction)

@@ -228,6 +228,15 @@ def threshold_mask(prob: np.ndarray, level: float, seed: float | None = None) ->
 DELINEATION_REACH = 2  # pixels around a lesion's mask searched for its peak and its half-peak extent
 
 
+def grown_box(coords: np.ndarray, shape: tuple[int, ...], reach: int = DELINEATION_REACH) -> tuple[slice, ...]:
+    """The bounding box of ``coords`` (N, ndim) grown by ``reach`` on every side, clipped to ``shape``: the only
+    place a lesion's outline can reach, so its work stays inside it."""
+    return tuple(
+        slice(max(int(lo) - reach, 0), min(int(hi) + 1 + reach, n))
+        for lo, hi, n in zip(coords.min(axis=0), coords.max(axis=0), shape, strict=True)
+    )
+
+
 def delineate(image: np.ndarray, mask: np.ndarray, fraction: float, reach: int = DELINEATION_REACH) -> np.ndarray:
     """Each connected part of a focal label's ``mask`` redrawn from the model input ``image`` (same shape, in
     [0, 1]): the pixels within ``reach`` of the part at or above ``fraction`` of the brightest of them, connected to
@@ -239,12 +248,7 @@ def delineate(image: np.ndarray, mask: np.ndarray, fraction: float, reach: int =
     labels = mask_components(mask)
     coords, owner = np.argwhere(mask), labels[mask]
     for k in np.unique(owner):
-        at = coords[owner == k]
-        # the part's bounding box grown by ``reach``: all the work stays inside it
-        box = tuple(
-            slice(max(int(lo) - reach, 0), min(int(hi) + 1 + reach, n))
-            for lo, hi, n in zip(at.min(axis=0), at.max(axis=0), mask.shape, strict=True)
-        )
+        box = grown_box(coords[owner == k], mask.shape, reach)
         part, pixels = labels[box] == k, image[box]
         near = part
         for _ in range(reach):
