@@ -531,7 +531,6 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
     from models.train import available_kinds
 
     runner = BundleRunner(bundle, device="cpu")
-    thresholds = {lab.key: lab.threshold for lab in runner.labels}
     rng = np.random.default_rng(cfg.seed)
     result: dict[str, Any] = {
         "held_out_seed_start": cfg.seed,
@@ -541,6 +540,7 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
     for kind in [k for k in cfg.kinds if k in available_kinds()]:
         t0 = time.time()
         samples = make_samples(kind, cfg.cases, cfg.seed)
+        thresholds = {key: runner.threshold_of(kind, key) for key in runner.label_keys}
         outs = run_bundle(runner, samples)
         m: dict[str, Any] = {"held_out": structured_metrics(samples, outs, thresholds)}
         if cfg.oor_cases:

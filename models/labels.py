@@ -31,6 +31,7 @@ def label_entries() -> list[dict[str, Any]]:
                 "dicom_modalities": list(lab.modalities),
                 "critical": lab.critical,
                 "focal": lab.focal,
+                "outlined": lab.outlined,
             }
         )
     return entries

@@ -28,6 +28,7 @@ class Label:
     modalities: tuple[str, ...]  # subset of ("CR", "DX", "CT", "PT")
     critical: bool  # needs prompt attention (worklist priority)
     focal: bool  # has boxes (TID 1410); non-focal findings are study-level (TID 1501) with an optional mask
+    outlined: bool = True  # has a mask (SEG segment, sides); not cardiomegaly, a size of the whole heart
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ LABELS: dict[str, Label] = {
             False,
         ),
         Label("pneumothorax", ("36118008", "SCT", "Pneumothorax"), "pneumothorax", "气胸", _XR, True, False),
-        Label("cardiomegaly", ("8186001", "SCT", "Cardiomegaly"), "cardiomegaly", "心影增大", _XR, False, False),
+        Label("cardiomegaly", ("8186001", "SCT", "Cardiomegaly"), "cardiomegaly", "心影增大", _XR, False, False, False),
         # No SNOMED CT concept for an "FDG-avid lesion" could be verified offline: the finding is coded as Lesion
         # and the modality (PT, FDG) carries the "hypermetabolic" meaning. The names say what the reports say.
         Label(

@@ -499,8 +499,25 @@ def stage2(
 
 
 @torch.no_grad()
+def best_f1_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """The probability threshold (0.05 .. 0.95 in steps of 0.01) with the best F1 of ``p`` against ``y``;
+    0.5 where ``y`` has no positive."""
+    if y.size == 0 or y.sum() == 0:
+        return 0.5
+    best, best_t = -1.0, 0.5
+    for t in np.linspace(0.05, 0.95, 91):
+        pred = p >= t
+        tp = float((pred & (y > 0)).sum())
+        f1 = 2 * tp / max(1.0, float(pred.sum() + (y > 0).sum()))
+        if f1 > best + 1e-9:
+            best, best_t = f1, float(t)
+    return round(best_t, 3)
+
+
+@torch.no_grad()
 def choose_thresholds(model: UnifiedModel, val: dict[str, list[Sample]]) -> dict[str, float]:
-    """Per-label threshold maximising F1 on the validation phantoms (pooled over the kinds the label applies to)."""
+    """Per-label threshold maximising F1 on the validation phantoms (pooled over the kinds the label applies to;
+    the export chooses one per kind on the exported graphs, ``models.decoding.choose_thresholds``)."""
     from models.evaluate import predict_probs
 
     scores: dict[str, list[float]] = {k: [] for k in LABEL_KEYS}
@@ -512,21 +529,7 @@ def choose_thresholds(model: UnifiedModel, val: dict[str, list[Sample]]) -> dict
             if keep[li]:
                 scores[key] += probs[:, li].tolist()
                 truth[key] += [float(s.present[li]) for s in samples]
-    out = {}
-    for key in LABEL_KEYS:
-        p, y = np.asarray(scores[key]), np.asarray(truth[key])
-        if y.size == 0 or y.sum() == 0:
-            out[key] = 0.5
-            continue
-        best, best_t = -1.0, 0.5
-        for t in np.linspace(0.05, 0.95, 91):
-            pred = p >= t
-            tp = float((pred & (y > 0)).sum())
-            f1 = 2 * tp / max(1.0, float(pred.sum() + (y > 0).sum()))
-            if f1 > best + 1e-9:
-                best, best_t = f1, float(t)
-        out[key] = round(best_t, 3)
-    return out
+    return {key: best_f1_threshold(np.asarray(scores[key]), np.asarray(truth[key])) for key in LABEL_KEYS}
 
 
 def fit_coarse_stats(model: UnifiedModel, pools: dict[str, list[Sample]]) -> None:

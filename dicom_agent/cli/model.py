@@ -143,13 +143,15 @@ def calibrate(
         int, typer.Option(min=0, help="validation phantoms per kind written as DICOM to choose the size fractions")
     ] = 100,
 ) -> None:
-    """Re-choose a bundle's decoding (mask threshold, delineation, box source, whether masks give a side and the
-    source-grid size fraction, per label) on validation phantoms and record it in manifest.json; the graphs are
-    unchanged, so no checkpoint is needed."""
+    """Re-choose a bundle's decoding (decision threshold, mask threshold, delineation, box source, whether masks
+    give a side and the source-grid size fraction, per label) on validation phantoms and record it in
+    manifest.json; the graphs are unchanged, so no checkpoint is needed."""
     _logging()
     from models.decoding import write_calibration
 
     decoding = write_calibration(bundle, cases, size_cases=size_cases)["decoding"]
+    for kind, levels in decoding.get("thresholds", {}).items():
+        out(f"{kind} present at probability: " + ", ".join(f"{k} {v:g}" for k, v in levels.items()))
     for kind, levels in decoding["mask_thresholds"].items():
         out(f"{kind} mask thresholds: " + ", ".join(f"{k} {v:g}" for k, v in levels.items()))
     for kind, fractions in decoding.get("delineation", {}).items():

@@ -52,6 +52,7 @@ class LabelSpec:
     threshold: float
     critical: bool = False
     focal: bool = True
+    outlined: bool = True  # manifest ``outlined``: trained with masks; others get none (no SEG segment, no side)
 
 
 @dataclass(frozen=True)
@@ -350,12 +351,19 @@ class BundleRunner:
                 threshold=float(lab["threshold"]),
                 critical=bool(lab.get("critical", False)),
                 focal=bool(lab.get("focal", True)),
+                outlined=bool(lab.get("outlined", True)),
             )
             for lab in self.manifest["labels"]
         ]
         self.label_keys = [lab.key for lab in self.labels]
         decoding = self.manifest.get("decoding", {})
         self.box_min_score = float(decoding.get("box_min_score", 0.3))
+        # per (kind, label) decision thresholds chosen by F1 on validation phantoms of the exported graphs
+        # (models.decoding); labels not listed use the label's own (chosen in training, pooled over kinds)
+        self.thresholds: dict[str, dict[str, float]] = {
+            kind: {key: float(t) for key, t in per_label.items()}
+            for kind, per_label in decoding.get("thresholds", {}).items()
+        }
         self.mask_threshold = float(decoding.get("mask_threshold", 0.5))
         # per (kind, label) segmentation thresholds chosen by Dice on validation phantoms (models.decoding);
         # labels not listed use ``mask_threshold``
@@ -454,12 +462,23 @@ class BundleRunner:
                 masks[part] = threshold_mask(seg[part], float(levels[li]), self.mask_threshold)
         return masks
 
+    def threshold_of(self, kind: str, key: str) -> float:
+        """The probability at which a label counts as present on one kind of image (manifest ``decoding``)."""
+        spec = self.labels[self.label_keys.index(key)]
+        return self.thresholds.get(kind, {}).get(key, spec.threshold)
+
     def _present(self, probs: np.ndarray, modality: str) -> list[str]:
         return [
             lab.key
             for lab, p in zip(self.labels, probs, strict=True)
-            if modality in lab.modalities and float(p) >= lab.threshold
+            if modality in lab.modalities and float(p) >= self.threshold_of(modality, lab.key)
         ]
+
+    def _outlined(self, present: Sequence[str]) -> list[str]:
+        """The present labels that have masks: a label trained without any (cardiomegaly) still has a segmentation
+        channel, whose stray pixels were reported as a "left" and a "right cardiomegaly" (bundle 0.10.1)."""
+        outlined = {lab.key for lab in self.labels if lab.outlined}
+        return [key for key in present if key in outlined]
 
     def run_2d(self, images: np.ndarray) -> list[Result2D]:
         """Radiographs ``images`` (N,S,S) float32 in [0,1] (manifest ``inputs.cxr``) -> one Result2D each."""
@@ -478,7 +497,7 @@ class BundleRunner:
             boxes = [
                 b for b in self.boxes("cxr", *heads, seg, probs, self.box_min_score, masks=binary) if b.label in present
             ]
-            masks = {k: binary[self.label_keys.index(k)] for k in present}
+            masks = {k: binary[self.label_keys.index(k)] for k in self._outlined(present)}
             results.append(
                 Result2D(
                     probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
@@ -488,7 +507,7 @@ class BundleRunner:
                     mask_probs=seg,
                     embedding=out["image_embedding"][i],
                     features=DecoderFeatures(out["cross_k"][:, i : i + 1], out["cross_v"][:, i : i + 1]),
-                    cores=self.cores("cxr", seg, 0, present),
+                    cores=self.cores("cxr", seg, 0, self._outlined(present)),
                 )
             )
         return results
@@ -514,7 +533,7 @@ class BundleRunner:
                 if b.label in present:
                     boxes.append(DetectedBox(b.label, b.score, b.x0, b.y0, b.x1, b.y1, z=z))
         boxes.sort(key=lambda b: -b.score)
-        masks = {k: binary[:, self.label_keys.index(k)] for k in present}
+        masks = {k: binary[:, self.label_keys.index(k)] for k in self._outlined(present)}
         return Result3D(
             probabilities={k: float(p) for k, p in zip(self.label_keys, probs, strict=True)},
             present=present,
@@ -526,7 +545,7 @@ class BundleRunner:
             mask_probs=seg,
             embedding=out["image_embedding"][0],
             features=DecoderFeatures(out["cross_k"], out["cross_v"]),
-            cores=self.cores(modality, seg, 1, present),
+            cores=self.cores(modality, seg, 1, self._outlined(present)),
         )
 
     def boxes(

@@ -57,7 +57,7 @@ def test_focal_findings_have_boxes_on_source_images(predicted: tuple[str, StudyF
     assert [f for f in focal if f.boxes], (kind, [f.label for f in result.present])
     rows, cols = truth["shape"][-2:]
     for finding in focal:
-        assert finding.boxes or "no_box" in finding.flags
+        assert finding.boxes
         for box in finding.boxes:
             assert box.image.sop_instance_uid in sop_uids
             assert 0 <= box.x0 < box.x1 <= cols and 0 <= box.y0 < box.y1 <= rows

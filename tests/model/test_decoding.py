@@ -159,3 +159,44 @@ def test_lesions_are_outlined_where_that_beats_the_networks_masks() -> None:
     assert chosen == {"nodule": 0.5} and table["nodule"]["0.5"] > 0.95 > table["nodule"]["mask"] + 0.2
     assert table["mass"]["mask"] == 1.0 and "mass" not in chosen
     assert "consolidation" not in table  # no validation case shows it
+
+
+def test_decision_thresholds_are_chosen_per_kind_by_f1() -> None:
+    """Nodules whose radiograph probabilities separate at 0.6 and CT ones at 0.2: each kind gets its own
+    threshold; a label no case shows, or one that does not apply to the kind, gets none."""
+    from models.decoding import choose_thresholds
+
+    nodule = LABEL_KEYS.index("nodule")
+    rng = np.random.default_rng(0)
+    for kind, cut in (("cxr", 0.6), ("ct", 0.2)):
+        samples, raws = [], []
+        for i in range(40):
+            present = np.zeros(len(LABEL_KEYS), np.float32)
+            present[nodule] = float(i % 2)
+            probs = np.zeros(len(LABEL_KEYS), np.float32)
+            probs[nodule] = cut + (0.05 if i % 2 else -0.05) + float(rng.uniform(-0.04, 0.04))
+            blank = np.zeros((4, 4), np.float16)
+            samples.append(Sample(kind, i, blank, np.zeros((4, 4), np.uint8), present, [], {}, []))
+            raws.append({"probs": probs})
+        chosen = choose_thresholds(kind, samples, raws)
+        assert list(chosen) == ["nodule"] and cut - 0.05 < chosen["nodule"] <= cut + 0.01, (kind, chosen)
+
+
+def test_the_runner_applies_the_threshold_of_the_kind() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    nodule = LABEL_KEYS.index("nodule")
+    probs = np.zeros(len(runner.labels), np.float32)
+    probs[nodule] = 0.3
+    runner.thresholds = {"cxr": {"nodule": 0.4}, "ct": {"nodule": 0.2}}
+    assert "nodule" not in runner._present(probs, "cxr") and "nodule" in runner._present(probs, "ct")
+    runner.thresholds = {}
+    pooled = runner.labels[nodule].threshold  # the label's own, from training
+    assert runner.threshold_of("cxr", "nodule") == runner.threshold_of("ct", "nodule") == pooled
+
+
+def test_the_shipped_bundle_decides_presence_per_kind_as_calibrated() -> None:
+    decoding = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))["decoding"]
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    assert set(decoding["thresholds"]) == {"cxr", "ct", "pet"}
+    for kind, levels in decoding["thresholds"].items():
+        assert levels and all(runner.threshold_of(kind, key) == level for key, level in levels.items())

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dicom_agent.inference.bundle_adapter import BundleAdapter
 from dicom_agent.inference.onnx_runner import (
     BundleRunner,
     DetectedBox,
@@ -232,3 +233,17 @@ def test_the_runner_outlines_only_the_labels_the_manifest_names() -> None:
     assert out[:, lesion].sum() > masks[:, lesion].sum()
     assert all((out[:, li] == masks[:, li]).all() for li in range(len(keys)) if li != lesion)
     assert runner.outline("ct", masks, image, axis=1) is masks  # nothing named for CT
+
+
+def test_a_label_trained_without_masks_gets_no_mask_and_no_side(tmp_path: Path) -> None:
+    """Cardiomegaly has a segmentation channel but no mask in training: its stray pixels once made the text say
+    "Left cardiomegaly. Right cardiomegaly." (validation phantom 500001). It is present without a mask now."""
+    from models.evaluate import phantom_case_study
+
+    adapter = BundleAdapter(BUNDLE, device="cpu")
+    assert not adapter.runner.labels[adapter.runner.label_keys.index("cardiomegaly")].outlined
+    case, study = phantom_case_study("cxr", 500_001, tmp_path)
+    assert "cardiomegaly" in {les.label for les in case.lesions}
+    (item,) = adapter.analyse(study).inputs
+    (finding,) = [f for f in item.findings if f.label == "cardiomegaly"]
+    assert finding.laterality is None and finding.mask is None and finding.location is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,23 +73,26 @@ def _centre(volume: Volume, center_vox: tuple[int, int, int]) -> tuple[float, fl
     return z, y, x
 
 
-def _map_back_only(size_fraction: dict[str, dict[str, float]] | None = None) -> BundleAdapter:
+def _map_back_only(
+    size_fraction: dict[str, dict[str, float]] | None = None, box_min_score: float = 0.0
+) -> BundleAdapter:
     """The adapter's map-back stage without its ONNX graphs: the vocabulary, the PET window and the decoding
-    settings that stage reads."""
+    settings that stage reads (by default every mask component is a lesion: these tests give no boxes)."""
     bundle = load_bundle(BUNDLE, verify=False)
     adapter = BundleAdapter.__new__(BundleAdapter)
     adapter.vocabulary = bundle.vocabulary
     adapter.windows = {"pet": tuple(bundle.manifest.inputs["pet"]["window"])}
-    adapter.runner = SimpleNamespace(size_fraction=size_fraction or {}, unsided={})
+    adapter.runner = SimpleNamespace(size_fraction=size_fraction or {}, unsided={}, box_min_score=box_min_score)
     return adapter
 
 
 def _lesions_on_grid(case: Case, volume: Volume) -> np.ndarray:
-    """The phantom's lesion voxels resampled onto the model grid (nearest neighbour): a perfect model's mask."""
+    """The phantom's lesion map (0, lesion 1, 2, ...) resampled onto the model grid (nearest neighbour): a perfect
+    model's masks."""
     labels = sitk.GetImageFromArray(case.mask)
     labels.CopyInformation(volume.source)
     on_grid = sitk.Resample(labels, volume.model, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(on_grid) > 0
+    return sitk.GetArrayFromImage(on_grid)
 
 
 def _organ_map(volume: Volume) -> PetOrganMap:
@@ -141,7 +145,7 @@ def test_adapter_names_pet_sites_in_findings_and_text(written: tuple[Case, Volum
     adapter = _map_back_only()
     key = "hypermetabolic_lesion"
     result = SimpleNamespace(
-        present=[key], probabilities={key: 0.9}, masks={key: _lesions_on_grid(case, volume)}, boxes=[], cores={}
+        present=[key], probabilities={key: 0.9}, masks={key: _lesions_on_grid(case, volume) > 0}, boxes=[], cores={}
     )
     findings = adapter._findings_3d("pet", volume, result)
     vocabulary = adapter.vocabulary
@@ -180,7 +184,7 @@ def test_a_lesion_is_measured_on_its_confident_core(written: tuple[Case, Volume]
     case, volume = written
     adapter = _map_back_only()
     key = "hypermetabolic_lesion"
-    lesions = _lesions_on_grid(case, volume)
+    lesions = _lesions_on_grid(case, volume) > 0
     faint = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(lesions.astype(np.uint8)), [2, 2, 0])) > 0
 
     def sizes(cores: dict[str, np.ndarray]) -> list[float]:
@@ -200,7 +204,7 @@ def test_a_lesion_is_measured_on_the_source_grid(written: tuple[Case, Volume]) -
     case, volume = written
     key = "hypermetabolic_lesion"
     result = SimpleNamespace(
-        present=[key], probabilities={key: 0.9}, masks={key: _lesions_on_grid(case, volume)}, boxes=[], cores={}
+        present=[key], probabilities={key: 0.9}, masks={key: _lesions_on_grid(case, volume) > 0}, boxes=[], cores={}
     )
 
     def sizes(adapter: BundleAdapter) -> list[float]:
@@ -214,3 +218,52 @@ def test_a_lesion_is_measured_on_the_source_grid(written: tuple[Case, Volume]) -
     grid_errors = [abs(a - b) for a, b in zip(on_model_grid, drawn, strict=True)]
     assert max(source_errors) <= 2.5, (on_source, drawn)
     assert sum(source_errors) < sum(grid_errors), (on_source, on_model_grid, drawn)
+
+
+def test_a_lesion_the_masks_missed_beside_one_they_found_is_reported_by_its_box(written: tuple[Case, Volume]) -> None:
+    """The segmentation outlines the first lesion only; the detector alone finds the second, on two adjacent
+    slices: the second is still reported, once, at its site. A box below box_min_score, or one on the outlined
+    lesion, adds nothing."""
+    from dicom_agent.inference.onnx_runner import DetectedBox
+
+    case, volume = written
+    adapter = _map_back_only(box_min_score=0.3)
+    key = "hypermetabolic_lesion"
+    first, second = case.lesions[:2]
+    outlined = _lesions_on_grid(case, volume) == 1
+
+    def box(lesion: Any, dz: int, score: float) -> DetectedBox:
+        z, y, x = _centre(volume, lesion.attrs["center_vox"])
+        return DetectedBox(key, score, x - 1.5, y - 1.5, x + 2.5, y + 2.5, z=round(z) + dz)
+
+    boxes = [box(second, 0, 0.8), box(second, 1, 0.6), box(first, 0, 0.9), box(case.lesions[-1], 0, 0.1)]
+    result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: outlined}, boxes=boxes, cores={})
+    findings = adapter._findings_3d("pet", volume, result)
+    assert [(f.location, f.laterality) for f in findings] == [
+        (first.location, first.laterality),
+        (second.location, second.laterality),
+    ]
+    assert findings[0].mask is not None and findings[1].mask is None and findings[1].boxes
+
+
+def test_a_component_without_a_detection_is_not_a_lesion_of_its_own(written: tuple[Case, Volume]) -> None:
+    """Every lesion outlined, only the first detected: the others are not reported (faint mask parts of a present
+    label); with no detection at all the label keeps its largest component."""
+    from dicom_agent.inference.onnx_runner import DetectedBox
+
+    case, volume = written
+    adapter = _map_back_only(box_min_score=0.3)
+    key = "hypermetabolic_lesion"
+    lesions = _lesions_on_grid(case, volume)
+    first = case.lesions[0]
+    z, y, x = _centre(volume, first.attrs["center_vox"])
+    detected = DetectedBox(key, 0.8, x - 1.5, y - 1.5, x + 2.5, y + 2.5, z=round(z))
+
+    def found(boxes: list[DetectedBox]) -> list[tuple[str | None, str | None]]:
+        masks = {key: lesions > 0}
+        result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks=masks, boxes=boxes, cores={})
+        return [(f.location, f.laterality) for f in adapter._findings_3d("pet", volume, result)]
+
+    assert len(case.lesions) > 1
+    assert found([detected]) == [(first.location, first.laterality)]
+    assert len(found([])) == 1
