@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from dicom_agent.inference.parse import asks_uptake, parse, question_labels
+from dicom_agent.inference.parse import asks_ratio, asks_uptake, parse, question_labels
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary
 
@@ -122,6 +122,8 @@ _ANSWER_NOTE = {
         "where": "Note: the coded findings place the largest {name} in the {where}.",
         "uptake": "Note: the highest SUVmax of the coded findings is {suv}.",
         "no_uptake": "Note: no SUVmax was measured in this study (no lesion found, or the series gives no SUV).",
+        "ratio": "Note: the coded findings carry no cardiothoracic ratio (it is not measured); this answer is the "
+        "text decoder's estimate.",
     },
     "zh": {
         "present": "注意：编码所见包含{name}。",
@@ -129,6 +131,7 @@ _ANSWER_NOTE = {
         "where": "注意：编码所见中最大的{name}位于{where}。",
         "uptake": "注意：编码所见的最高SUVmax为{suv}。",
         "no_uptake": "注意：本检查未测得SUVmax（未发现病灶，或该序列无法计算SUV）。",
+        "ratio": "注意：编码所见不含心胸比（未测量）；该回答为文本解码器的估计。",
     },
 }
 
@@ -153,9 +156,13 @@ def answer_disagreement(
     Checked where the answer can be read without guessing: a yes/no answer to a question about one finding
     (present or not), and a location answer (a location name of the vocabulary) about one focal finding, against
     the place of the largest such finding, and a number answering a question about the most active lesion,
-    against the highest SUVmax measured. Other answers (sizes, counts, ratios) are not judged here."""
+    against the highest SUVmax measured. A question about the cardiothoracic ratio is always noted: no finding
+    carries one, so the decoder's number (right on 0.15 of the phantoms' ratio questions) is not a measurement.
+    Other answers (sizes, counts) are not judged here."""
     if lang not in _ANSWER_NOTE:
         return None
+    if asks_ratio(question):
+        return _ANSWER_NOTE[lang]["ratio"]
     if asks_uptake(question):
         return _uptake_disagreement(answer, lang, findings)
     labels = question_labels(question, lang, vocabulary)

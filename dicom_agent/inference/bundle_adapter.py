@@ -399,7 +399,9 @@ class BundleAdapter:
                 for detected in _unmasked_boxes(result.boxes, key, covered, self.runner.box_min_score)[
                     : MAX_LESIONS_PER_LABEL - len(kept)
                 ]:
-                    out.append(self._box_only_3d(spec, probability, volume, detected, sites))
+                    lesion = self._box_only_3d(spec, probability, volume, detected, result, sites, kind, grid)
+                    if lesion is not None:
+                        out.append(lesion)
             elif components:
                 out.extend(self._sided_3d(kind, spec, probability, volume, label_mask))
             else:
@@ -416,15 +418,20 @@ class BundleAdapter:
         sites: LungMap | PetOrganMap | None,
         kind: str = "",
         grid: SourceGrid | None = None,
+        outlined: bool = True,
     ) -> Finding | None:
+        """One lesion from its model-grid voxels (a mask component; with ``outlined`` False a detection box's
+        voxels, which give no SEG mask), mapped back onto the source series."""
         source = volume.mask_to_source(component)
         sx, sy, _ = volume.source_spacing
         outline = boxes_from_mask(source)  # (source slice, box) per slice the lesion covers
         score = _component_score(component, result.boxes, spec.key, probability)
         boxes = [Box(volume.slices[k], *box, score=score) for k, box in outline]
-        if not boxes:  # smaller than a source voxel after resampling: fall back to geometric box mapping
+        if not boxes:  # smaller than a source voxel after resampling: its best detection box stands for it
             best = next((b for b in result.boxes if b.label == spec.key), None)
-            return self._box_only_3d(spec, probability, volume, best, sites) if best is not None else None
+            if not outlined or best is None:
+                return None
+            return self._box_only_3d(spec, probability, volume, best, result, sites, kind, grid)
         core = result.cores.get(spec.key)
         measured = boxes_from_mask(volume.mask_to_source(component & core)) if core is not None else []
         widest, size = max(  # the core, if any: (source slice, extent in mm) of its widest slice
@@ -442,7 +449,7 @@ class BundleAdapter:
             laterality=side,
             size_mm=size,
             boxes=boxes,
-            mask=Mask(volume.slices[0].series_instance_uid, list(volume.slices), source),
+            mask=Mask(volume.slices[0].series_instance_uid, list(volume.slices), source) if outlined else None,
             suv_max=suv_max,
             size_on=_box_on(boxes, volume.slices[widest]),
             suv_on=suv_on,
@@ -454,24 +461,18 @@ class BundleAdapter:
         probability: float,
         volume: Volume,
         detected: DetectedBox,
+        result: Any,
         sites: LungMap | PetOrganMap | None,
-    ) -> Finding:
-        """A focal lesion the detector found where no mask component lies: its box, located like a component
-        by its centre."""
-        z = float(detected.z or 0)  # a volume's boxes carry their slice
-        index, (x0, y0, x1, y1) = volume.box_to_source(z, detected.x0, detected.y0, detected.x1, detected.y1)
-        # box edges are pixel edges; the site maps take voxel indices (centre of voxel i = i)
-        y, x = (detected.y0 + detected.y1) / 2 - 0.5, (detected.x0 + detected.x1) / 2 - 0.5
-        location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
-        boxes = [Box(volume.slices[index], x0, y0, x1, y1, score=float(detected.score))]
-        suv_max, suv_on = None, None
-        if volume.unit == "SUV":  # a source-sized mask of the box only where there is an SUV to read in it
-            region = np.zeros(volume.source_shape, dtype=bool)
-            region[index, int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
-            suv_max, suv_on = _uptake(volume, region, boxes)
-        return self._finding(
-            spec, probability, location=location, laterality=side, boxes=boxes, suv_max=suv_max, suv_on=suv_on
-        )
+        kind: str = "",
+        grid: SourceGrid | None = None,
+    ) -> Finding | None:
+        """A focal lesion the detector found where no mask component lies: the box's model voxels stand for it
+        as a component does (its boxes on every source slice of its model slice, its centre, SUVmax and size),
+        without a SEG mask of its own. Until 0.10.2 it had one box on the nearest source slice and no size."""
+        on_grid = np.zeros(volume.values.shape, dtype=bool)
+        rows = slice(int(detected.y0), int(np.ceil(detected.y1)))
+        on_grid[int(detected.z or 0), rows, int(detected.x0) : int(np.ceil(detected.x1))] = True
+        return self._lesion_3d(spec, probability, volume, on_grid, result, sites, kind, grid, outlined=False)
 
     def _sided_3d(
         self, kind: str, spec: LabelSpec, probability: float, volume: Volume, label_mask: np.ndarray

@@ -36,6 +36,7 @@ _SIZE = {
 _SUV = re.compile(r"SUV\s*max\s*(?:of|is|was|:|：|约|为)?\s*(\d+(?:\.\d+)?)", re.I)  # both languages
 # a question about the most active lesion (its answer is the highest SUVmax, not the largest lesion's)
 _UPTAKE_QUESTION = re.compile(r"SUV|most (?:active|intense|avid)|hottest|最活跃|最高摄取|代谢最高", re.I)
+_RATIO_QUESTION = re.compile(r"cardio-?thoracic|\bCTR\b|心胸比", re.I)
 _LATERALITY = {
     "en": [
         ("bilateral", re.compile(r"\b(bilateral(ly)?|both)\b", re.I)),
@@ -307,3 +308,8 @@ def question_labels(question: str, lang: str, vocabulary: Vocabulary) -> set[str
 def asks_uptake(question: str) -> bool:
     """Whether a question asks about the most active lesion ("What is the highest SUVmax?", "最高SUVmax是多少？")."""
     return bool(_UPTAKE_QUESTION.search(question))
+
+
+def asks_ratio(question: str) -> bool:
+    """Whether a question asks about the cardiothoracic ratio (EN "cardiothoracic", ZH "心胸比")."""
+    return bool(_RATIO_QUESTION.search(question))

@@ -63,6 +63,7 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     )
     runner = BundleRunner(smoke_bundle, device="cpu")
     assert runner.mask_thresholds == decoding["mask_thresholds"]
+    assert runner.thresholds == decoding["thresholds"] and set(decoding["thresholds"]) == {"cxr", "ct", "pet"}
     assert set(decoding["calibration"]["delineation_dice"]) == {"cxr", "ct", "pet"}
     assert runner.delineation == decoding["delineation"]
     # the size levels were measured through the adapter (too few smoke cases to choose one: none is)

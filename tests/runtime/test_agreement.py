@@ -119,3 +119,16 @@ def test_an_suvmax_answer_is_checked_against_the_highest_measured() -> None:
     assert answer_disagreement("最高SUVmax是多少？", "6.6", "zh", [], VOCAB) == (
         "注意：本检查未测得SUVmax（未发现病灶，或该序列无法计算SUV）。"
     )
+
+
+def test_a_ratio_answer_is_always_noted_as_an_estimate() -> None:
+    """No finding carries a cardiothoracic ratio: whatever number the decoder gives is flagged, in its language."""
+    findings = [_finding("cardiomegaly", None)]
+    assert answer_disagreement("What is the cardiothoracic ratio?", "0.55", "en", findings, VOCAB) == (
+        "Note: the coded findings carry no cardiothoracic ratio (it is not measured); this answer is the text "
+        "decoder's estimate."
+    )
+    assert (
+        answer_disagreement("心胸比是多少？", "0.48", "zh", [], VOCAB)
+        == "注意：编码所见不含心胸比（未测量）；该回答为文本解码器的估计。"
+    )

@@ -164,11 +164,12 @@ def test_adapter_names_pet_sites_in_findings_and_text(written: tuple[Case, Volum
 
 
 def test_a_lesion_found_only_by_its_box_is_located_like_a_mask(written: tuple[Case, Volume]) -> None:
-    """No mask component (the segmentation missed it), one detection box: the finding still gets its site."""
+    """No mask component (the segmentation missed it), one detection box: the finding still gets its site, its
+    SUVmax and, where PET lesions have a size fraction, its size outlined on the source grid."""
     from dicom_agent.inference.onnx_runner import DetectedBox
 
     case, volume = written
-    adapter = _map_back_only()
+    adapter = _map_back_only({"pet": {"hypermetabolic_lesion": 0.5}})
     key = "hypermetabolic_lesion"
     for lesion in case.lesions:
         z, y, x = _centre(volume, lesion.attrs["center_vox"])
@@ -177,6 +178,9 @@ def test_a_lesion_found_only_by_its_box_is_located_like_a_mask(written: tuple[Ca
         result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: empty}, boxes=[box], cores={})
         (finding,) = adapter._findings_3d("pet", volume, result)
         assert finding.boxes and (finding.location, finding.laterality) == (lesion.location, lesion.laterality)
+        assert finding.suv_max is not None and abs(finding.suv_max - lesion.attrs["suv_max"]) < 0.15, lesion
+        assert finding.size_mm is not None and abs(finding.size_mm - lesion.size_mm) < 4.0, (finding.size_mm, lesion)
+        assert finding.suv_on is not None and finding.size_on is not None
 
 
 def test_a_lesion_is_measured_on_its_confident_core(written: tuple[Case, Volume]) -> None:

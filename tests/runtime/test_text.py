@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
 from dicom_agent.dicom.codes import Code
-from dicom_agent.inference.parse import asks_uptake, fact, facts, parse, question_labels, yes_no
+from dicom_agent.inference.parse import asks_ratio, asks_uptake, fact, facts, parse, question_labels, yes_no
 from dicom_agent.inference.render import CONTEXT_FINDINGS, NORMAL, context_text, prompt_findings, render
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
@@ -203,14 +204,16 @@ def test_parser_reads_the_phantoms_suvmax() -> None:
     assert checked > 10
 
 
-def test_only_uptake_questions_ask_about_uptake() -> None:
-    """Every phantom question of kind "suv" (EN and ZH) is recognised, no question of another kind is."""
+@pytest.mark.parametrize(("asks", "kind"), [(asks_uptake, "suv"), (asks_ratio, "ratio")])
+def test_only_questions_of_their_kind_are_recognised(asks: Callable[[str], bool], kind: str) -> None:
+    """Every phantom question about the most active lesion ("suv") or the cardiothoracic ratio ("ratio"), EN and
+    ZH, is recognised as such, no question of another kind is."""
     kinds: dict[bool, set[str]] = {True: set(), False: set()}
     for seed in range(30):
-        for kind in ("cxr", "ct", "pet"):
-            for qa in make_case(kind, seed, size=64, depth=16).qa:
-                kinds[asks_uptake(qa.question)].add(qa.kind)
-    assert kinds[True] == {"suv"} and "suv" not in kinds[False]
+        for phantom in ("cxr", "ct", "pet"):
+            for qa in make_case(phantom, seed, size=64, depth=16).qa:
+                kinds[asks(qa.question)].add(qa.kind)
+    assert kinds[True] == {kind} and kind not in kinds[False]
 
 
 def test_an_uptake_question_gets_the_hottest_lesion_first() -> None:
