@@ -498,7 +498,6 @@ def stage2(
     return history
 
 
-@torch.no_grad()
 def best_f1_threshold(p: np.ndarray, y: np.ndarray) -> float:
     """The probability threshold (0.05 .. 0.95 in steps of 0.01) with the best F1 of ``p`` against ``y``;
     0.5 where ``y`` has no positive."""

@@ -34,7 +34,7 @@ from dicom_agent.encode.equipment import CHARSET, contributing_equipment, device
 from dicom_agent.encode.identity import SERIES_NUMBER, ResultIdentity, copy_study_attributes, pin_timestamps
 from dicom_agent.encode.seg import EncodedSeg, SegmentInfo, coded, sort_series
 from dicom_agent.errors import EncodeError
-from dicom_agent.inference.agreement import disagreement_comment
+from dicom_agent.inference.agreement import disagreement_comment, unplaced_comment
 from dicom_agent.inference.types import LANGUAGES, Box, Finding, ModelIdentity, StudyFindings
 
 DRAFT_SERIES_DESCRIPTION = "AI Results (unverified)"
@@ -249,7 +249,18 @@ def build_sr(
         referenced_images=library,
     )
     root = report[0]
-    comments = {lang: disagreement_comment(findings.findings, findings.flags, lang) for lang in LANGUAGES}
+    unplaced = findings.extra.get("unplaced") or {}
+    comments = {
+        lang: " ".join(
+            note
+            for note in (
+                disagreement_comment(findings.findings, findings.flags, lang),
+                unplaced_comment(unplaced, lang),
+            )
+            if note
+        )
+        for lang in LANGUAGES
+    }
     container = impression_container(findings.impression, comments)
     if container is not None:
         root.ContentSequence.append(container)

@@ -177,7 +177,8 @@ class BundleAdapter:
                 mine = self._findings_3d(kind, volume, result3d)
                 findings.extend(mine)
             inputs.append(ModelInput(kind, result3d.features, result3d.probabilities, mine, volume=volume))
-        findings.extend(self._absent(findings, inputs))
+        absent, unplaced = self._absent(findings, inputs)
+        findings.extend(absent)
         with timer.stage("render_s"):
             impression = render(findings, self.languages, self.vocabulary)
         texts: dict[str, str] = {}
@@ -198,7 +199,11 @@ class BundleAdapter:
             series_uids=selection.series_uids,
             flags=flags,
             timings=timer.timings,
-            extra={"providers": self.providers, "probabilities": _probabilities(findings)},
+            extra={
+                "providers": self.providers,
+                "probabilities": _probabilities(findings) | unplaced,
+                "unplaced": {key: self._unplaced_entry(key, p) for key, p in unplaced.items()},
+            },
         )
         return Analysis(study_findings, inputs)
 
@@ -209,16 +214,29 @@ class BundleAdapter:
             findings = prompt_findings(item.findings, lang, self.vocabulary, question, self.runner.takes_uptake)
         return str(self.runner.generate(item.features, task, lang, question, findings=findings)).strip()
 
-    def _absent(self, findings: list[Finding], inputs: list[ModelInput]) -> list[Finding]:
-        """One absent finding (TID 1501 "Absent" with its probability) per label the study was examined for."""
+    def _absent(self, findings: list[Finding], inputs: list[ModelInput]) -> tuple[list[Finding], dict[str, float]]:
+        """One absent finding (TID 1501 "Absent" with its probability) per label the study was examined for and
+        not found, and the labels left *unplaced*: present by probability on some input, but reported nowhere
+        because no region was theirs (:meth:`_findings_2d`). Those are not stated absent, which a probability at
+        or above the threshold would contradict; they are listed with it (``extra["unplaced"]``) and the draft
+        SR's comment names them: on 60 validation radiographs 11 studies had one, 4 of them a drawn finding."""
         present = {f.label for f in findings if f.present}
         best: dict[str, float] = {}
+        unplaced: dict[str, float] = {}
         for item in inputs:
             for key, probability in item.probabilities.items():
                 if key in present or key not in self.vocabulary.labels or not self._applies(key, item.kind):
                     continue
                 best[key] = max(best.get(key, 0.0), float(probability))
-        return [self._finding(self.vocabulary.labels[key], p, present=False) for key, p in best.items()]
+                if probability >= self.runner.threshold_of(item.kind, key):
+                    unplaced[key] = best[key]
+        absent = [self._finding(self.vocabulary.labels[key], p, present=False) for key, p in best.items()]
+        return [f for f in absent if f.label not in unplaced], unplaced
+
+    def _unplaced_entry(self, key: str, probability: float) -> dict[str, Any]:
+        """An unplaced label as the draft SR's comment names it (:func:`~.agreement.unplaced_comment`)."""
+        spec = self.vocabulary.labels[key]
+        return {"probability": probability, "name_en": spec.name_en, "name_zh": spec.name_zh}
 
     def _applies(self, key: str, kind: str) -> bool:
         """Whether the label is one the bundle reports for this kind of input (manifest ``modalities``)."""
@@ -269,7 +287,7 @@ class BundleAdapter:
     def _findings_2d(self, radiograph: Radiograph, result: Any) -> list[Finding]:
         """One radiograph's findings. A focal finding is reported with a place or not at all: a label present by
         probability with no box (none at ``box_min_score``, or each on a region another label claimed,
-        :func:`_claim_by_score`) is listed absent with its probability. On 300 validation radiographs (bundle
+        :func:`_claim_by_score`) is unplaced (see :meth:`_absent`). On 300 validation radiographs (bundle
         0.10.1) 16 focal findings had no box at all (probabilities 0.09-0.42) and 1 of them was drawn; the text
         said "Consolidation." with no lobe."""
         grid = radiograph.grid
@@ -668,7 +686,7 @@ def _claim_by_score(
     """Radiographs: every focal box claims in order of its score (peak x the label's probability x its
     :func:`~dicom_agent.inference.onnx_runner.label_share`), across labels, so a region goes to the label
     with the most evidence there; a label all of whose boxes lay on regions others claimed is not reported
-    (the caller drops it; it is listed absent with its probability). Bundle 0.10.1, 150 validation
+    (the caller drops it: unplaced, see BundleAdapter._absent). Bundle 0.10.1, 150 validation
     radiographs: finding F1 0.817 -> 0.852, finding + location 0.759 -> 0.799 (the label-order rule of 0.8.1
     kept a mass on every consolidation the mass channel also saw)."""
     claims = _Claims()

@@ -165,6 +165,28 @@ def test_decoder_disagreement_is_a_comment_in_both_languages(dx_case: Case, ct_c
     assert "胸腔积液" in dump and "??" not in dump
 
 
+def test_labels_left_unplaced_are_named_in_the_comment(tmp_path: Path) -> None:
+    """Labels present by probability that no region was given (``extra["unplaced"]``) are not coded findings;
+    the draft SR's comment names them with their probability, in both languages, and stays valid."""
+    sources = S.ct_series()
+    base = F.ct_findings(sources)
+    unplaced = {  # named most probable first
+        "consolidation": {"probability": 0.31, "name_en": "consolidation", "name_zh": "实变"},
+        "mass": {"probability": 0.84, "name_en": "mass", "name_zh": "肿块"},
+    }
+    objects = encode_study(replace(base, extra=base.extra | {"unplaced": unplaced}), sources, profile="sr-only")
+    path = tmp_path / "sr.dcm"
+    objects[0].dataset.save_as(path, enforce_file_format=True)
+    assert impressions(path, "121106") == {
+        "en-US": "The classifier also scored mass (84%), consolidation (31%) as present, but no region was theirs "
+        "(another finding's, or none), so they are not reported as findings.",
+        "zh-CN": "分类器另判肿块（84%）、实变（31%）为阳性，但未定位到其自身区域（属于其他所见或无区域），"
+        "故未作为所见报告。",
+    }
+    report = V.dciodvfy(path)
+    assert not report.errors and not report.warnings, report.text
+
+
 def test_dsrdump_prints_chinese(ct_case: Case) -> None:
     dump = V.dsrdump(ct_case.one("sr"))
     assert F.IMPRESSION_ZH in dump
