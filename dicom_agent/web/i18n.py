@@ -116,6 +116,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "decoder_location_differs": "AI narrative places it elsewhere",
         "decoder_adds": "AI narrative also states a finding the detector did not find",
         "decoder_flag_help": "The model's narrative disagrees with its structured findings (the result of record).",
+        "unplaced": "Classifier scored present, no region of its own (not a finding)",
+        "unplaced_help": "The classifier's probability reached the threshold, but no region in the image was "
+        "attributed to this finding (another finding claimed it, or there was none), so it is not reported.",
         "model": "Model",
         "back": "Back to worklist",
         "exports": "Export outbox",
@@ -256,6 +259,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "decoder_location_differs": "AI 叙述所述部位不同",
         "decoder_adds": "AI 叙述另述一项检测未发现的所见",
         "decoder_flag_help": "模型的自由文本叙述与其结构化所见不一致；以结构化所见为准。",
+        "unplaced": "分类器判为阳性，但无其自身区域（未作为所见）",
+        "unplaced_help": "分类器概率已达阈值，但图像中没有区域归属于该所见（已被其他所见占据或无区域），故未报告。",
         "model": "模型",
         "back": "返回工作列表",
         "exports": "导出队列",

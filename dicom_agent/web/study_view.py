@@ -94,6 +94,7 @@ class StudyView:
     reviewer: User | None = None
     overlay_data: dict[str, Any] = field(default_factory=dict)
     decoder_adds: list[tuple[str, str, str]] = field(default_factory=list)  # (LANG, name EN, name ZH)
+    unplaced: list[tuple[str, str, float]] = field(default_factory=list)  # (name EN, name ZH, probability)
 
     @property
     def review_state(self) -> str:
@@ -202,25 +203,40 @@ def draft_text_for(draft_path: Path | None, findings: list[Finding]) -> dict[str
     return texts
 
 
-def decoder_additions(storage_dir: Path, study: Study, job: Job | None) -> list[tuple[str, str, str]]:
-    """Findings the decoder's narrative states but the heads did not find (the job's ``decoder_adds`` flags).
-
-    They are study-level, so they live in the job's findings artefact, not in a ``finding`` row."""
+def _findings_doc(storage_dir: Path, study: Study, job: Job | None) -> dict[str, Any]:
+    """The job's findings artefact (study-level facts that have no ``finding`` row), or {} when there is none
+    (older job) or it cannot be read."""
     if job is None:
-        return []
+        return {}
     try:
-        flags = load_findings_doc(storage_dir, study.study_instance_uid, job.id).get("flags") or []
-    except (OSError, ValueError, PathOutsideRootError):  # no artefact (older job) or unreadable: no notes
-        return []
+        return load_findings_doc(storage_dir, study.study_instance_uid, job.id)
+    except (OSError, ValueError, PathOutsideRootError):
+        return {}
+
+
+def decoder_additions(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Findings the decoder's narrative states but the heads did not find (the job's ``decoder_adds`` flags)."""
     vocabulary = project_vocabulary()
     out = []
-    for flag in flags:
+    for flag in doc.get("flags") or []:
         kind, lang, label = split_flag(flag)
         if kind != "decoder_adds" or not label:
             continue
         spec = vocabulary.labels.get(label)
         out.append((lang.upper(), spec.name_en if spec else label, spec.name_zh if spec else label))
     return out
+
+
+def unplaced_labels(doc: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """Labels the classifier called present that no region was given (``extra["unplaced"]``, bundle 0.10.2):
+    (name EN, name ZH, probability), most probable first. Not findings; the radiologist should still know."""
+    unplaced = (doc.get("extra") or {}).get("unplaced") or {}
+    rows = [
+        (str(e.get("name_en") or key), str(e.get("name_zh") or key), float(e.get("probability", 0.0)))
+        for key, e in unplaced.items()
+        if isinstance(e, dict)
+    ]
+    return sorted(rows, key=lambda row: -row[2])
 
 
 def _slices(db: Session, series: Series) -> list[SliceRef]:
@@ -238,6 +254,7 @@ def build_study_view(db: Session, storage_dir: Path, study: Study, series_id: in
     all_series = db.scalars(select(Series).where(Series.study_id == study.id).order_by(Series.series_number)).all()
     image_series = [s for s in all_series if (s.modality or "") not in NON_IMAGE_MODALITIES]
     job = current_job(db, study.id)
+    doc = _findings_doc(storage_dir, study, job)
     review = latest_review(db, study.id, job.id if job else None)
     decisions: dict[str, Any] = (review.decisions or {}) if review else {}
     seg = result_object(db, job.id if job else None, "seg")
@@ -308,7 +325,8 @@ def build_study_view(db: Session, storage_dir: Path, study: Study, series_id: in
         draft_sr=draft,
         signed=signed,
         reviewer=db.get(User, review.user_id) if review and review.user_id else None,
-        decoder_adds=decoder_additions(storage_dir, study, job),
+        decoder_adds=decoder_additions(doc),
+        unplaced=unplaced_labels(doc),
     )
     view.overlay_data = {
         "study": study.id,

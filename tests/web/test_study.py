@@ -206,3 +206,26 @@ def test_decoder_disagreements_are_shown_per_finding_and_per_study(
     assert "AI narrative also states a finding the detector did not find (EN): pleural effusion" in html
     zh = client.get(f"/lang/zh?next={page}").text
     assert "AI 叙述未提及此所见 (ZH)" in zh and "(EN): 胸腔积液" in zh
+
+
+def test_labels_left_unplaced_are_shown_with_their_probability(
+    client: TestClient, ct: Seeded, web_settings: Settings
+) -> None:
+    """A label the classifier called present but no region was given (extra["unplaced"]) is not a finding row,
+    but the radiologist sees it, most probable first, in both UI languages."""
+    login(client, "rad")
+    page = f"/studies/{ct.study.id}"
+    assert "no region of its own" not in client.get(page).text
+    sf = fx.ct_findings(ct.sources)
+    sf.extra = sf.extra | {
+        "unplaced": {
+            "consolidation": {"probability": 0.31, "name_en": "consolidation", "name_zh": "实变"},
+            "mass": {"probability": 0.794, "name_en": "mass", "name_zh": "肿块"},
+        }
+    }
+    save_findings(web_settings.storage_dir, ct.study.study_instance_uid, ct.job.id, sf)
+    html = client.get(page).text
+    mass = html.index("Classifier scored present, no region of its own (not a finding): mass (79%)")
+    assert mass < html.index("(not a finding): consolidation (31%)")
+    zh = client.get(f"/lang/zh?next={page}").text
+    assert "分类器判为阳性，但无其自身区域（未作为所见）: 肿块 (79%)" in zh
