@@ -35,6 +35,7 @@ from dicom_agent.encode.identity import SERIES_NUMBER, ResultIdentity, copy_stud
 from dicom_agent.encode.seg import EncodedSeg, SegmentInfo, coded, sort_series
 from dicom_agent.errors import EncodeError
 from dicom_agent.inference.agreement import disagreement_comment, unplaced_comment
+from dicom_agent.inference.render import join_sentences
 from dicom_agent.inference.types import LANGUAGES, Box, Finding, ModelIdentity, StudyFindings
 
 DRAFT_SERIES_DESCRIPTION = "AI Results (unverified)"
@@ -251,13 +252,8 @@ def build_sr(
     root = report[0]
     unplaced = findings.extra.get("unplaced") or {}
     comments = {
-        lang: " ".join(
-            note
-            for note in (
-                disagreement_comment(findings.findings, findings.flags, lang),
-                unplaced_comment(unplaced, lang),
-            )
-            if note
+        lang: join_sentences(
+            (disagreement_comment(findings.findings, findings.flags, lang), unplaced_comment(unplaced, lang)), lang
         )
         for lang in LANGUAGES
     }

@@ -27,7 +27,7 @@ from dicom_agent.inference.manifest import load_bundle
 from dicom_agent.inference.measure import SourceGrid
 from dicom_agent.inference.onnx_runner import DetectedBox
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
-from dicom_agent.inference.render import prompt_findings, render
+from dicom_agent.inference.render import join_sentences, prompt_findings, render
 from dicom_agent.inference.series import select_series
 from dicom_agent.inference.types import LANGUAGES, Box, Finding, ImageRef, Mask, StudyFindings, StudyInput
 from dicom_agent.inference.vocabulary import LabelSpec
@@ -186,7 +186,7 @@ class BundleAdapter:
             with timer.stage("narrative_s"):
                 for lang in self.languages:
                     parts = [self._generate(i, "report", lang) for i in inputs]
-                    texts[lang] = (" " if lang == "en" else "").join(t.strip() for t in parts if t.strip())
+                    texts[lang] = join_sentences((t.strip() for t in parts), lang)
                     flags.extend(flag_disagreements(findings, texts[lang], lang, self.vocabulary))
         timer.timings["total_s"] = time.perf_counter() - start
         study_findings = StudyFindings(

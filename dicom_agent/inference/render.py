@@ -88,12 +88,17 @@ def impression(findings: Iterable[Finding], lang: str, vocabulary: Vocabulary | 
     return _sentences(ordered(findings), lang, vocabulary)
 
 
+def join_sentences(sentences: Iterable[str | None], lang: str) -> str:
+    """Sentences as one text in ``lang``: spaced in English, unspaced in Chinese (each ends in 。); empty ones
+    left out."""
+    return (" " if lang == "en" else "").join(s for s in sentences if s)
+
+
 def _sentences(present: list[Finding], lang: str, vocabulary: Vocabulary | None, uptake: bool = True) -> str:
     """The findings' sentences in the given order, or the normal-study sentence."""
     if not present:
         return NORMAL[lang]
-    joiner = " " if lang == "en" else ""
-    return joiner.join(sentence(f, lang, vocabulary, uptake) for f in present)
+    return join_sentences((sentence(f, lang, vocabulary, uptake) for f in present), lang)
 
 
 def render(findings: list[Finding], languages: Iterable[str], vocabulary: Vocabulary | None = None) -> dict[str, str]:
@@ -135,9 +140,8 @@ def context_text(
         present = [f for f in present if f.label in about]
         if not present and vocabulary is not None:
             names = [vocabulary.labels[key] for key in sorted(about) if key in vocabulary.labels]
-            joiner = " " if lang == "en" else ""
-            return joiner.join(
-                ABSENT[lang].format(name=spec.name_en if lang == "en" else spec.name_zh) for spec in names
+            return join_sentences(
+                (ABSENT[lang].format(name=spec.name_en if lang == "en" else spec.name_zh) for spec in names), lang
             )
     return _sentences(present[:CONTEXT_FINDINGS], lang, vocabulary, uptake)
 

@@ -185,6 +185,14 @@ def test_labels_left_unplaced_are_named_in_the_comment(tmp_path: Path) -> None:
     }
     report = V.dciodvfy(path)
     assert not report.errors and not report.warnings, report.text
+    # beside a narrative note: one Comment per language, sentences spaced in English, not in Chinese
+    source = S.dx_image()
+    dx = F.dx_findings(source)
+    objects = encode_study(replace(dx, extra=dx.extra | {"unplaced": unplaced}), [source], profile="sr-only")
+    objects[0].dataset.save_as(path, enforce_file_format=True)
+    comments = impressions(path, "121106")
+    assert comments["en-US"].startswith("AI narrative check") and ". The classifier also scored" in comments["en-US"]
+    assert "（检测未发现）。分类器另判肿块（84%）" in comments["zh-CN"]
 
 
 def test_dsrdump_prints_chinese(ct_case: Case) -> None:
