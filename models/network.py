@@ -2,7 +2,8 @@
 
 Design (issue 3; seed papers UMIT arXiv 2503.15892 and UniMedI arXiv 2311.14851):
 - a shared conv stem + small transformer encoder embeds a 2D image or each slice of a volume, with a learned
-  modality embedding (CXR / CT / PET) added to its tokens;
+  modality embedding (CXR / CT / PET) added to its tokens; a slice comes with its differences to the slices
+  beside it as extra channels (2.5D, ``slice_context``), a radiograph with zeros there;
 - heads on every image/slice: per-label attention-pooled classifier, CenterNet-style detection (per-label
   heatmap + class-agnostic box size + sub-cell offset on the token grid), a light segmentation decoder with
   skips from the stem;
@@ -60,6 +61,11 @@ class NetConfig:
     # token already in the sequence. Without it the 0.8 decoder never learned to copy a place or a size out of the
     # findings text (it answered from the image); 0 keeps the bundles made before it loadable
     copy: int = 0
+    # neighbouring slices on each side that a volume slice is encoded with (2.5D), as extra input channels holding
+    # the slice minus each neighbour; a radiograph's are zero (a projection has no neighbours). A slice-wise
+    # encoder alone cannot tell a nodule from a vessel crossing the slice: both are bright dots, but the vessel
+    # goes on in the next slice. 0 keeps the bundles made before it loadable
+    slice_context: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -130,7 +136,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         d = cfg.d
-        self.s1 = _conv(1, 32, 2)
+        self.s1 = _conv(1 + 2 * cfg.slice_context, 32, 2)
         self.s2 = _conv(32, 64, 2)
         self.s3 = nn.Sequential(_conv(64, d, 2), nn.Conv2d(d, d, 1))
         grid = cfg.image_size // cfg.stride
@@ -145,8 +151,9 @@ class ImageEncoder(nn.Module):
     def forward(
         self, x: torch.Tensor, modality: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (N,1,H,W) in [0,1], modality (N,) long -> tokens (N,h*w,d), grid (N,d,h,w), skips at /2 and /4."""
-        x = x * 2.0 - 1.0
+        """x (N,C,H,W): the image in [0,1], then C-1 differences to its neighbouring slices (``with_context``);
+        modality (N,) long -> tokens (N,h*w,d), grid (N,d,h,w), skips at /2 and /4."""
+        x = x * 2.0 - 1.0 if x.shape[1] == 1 else torch.cat([x[:, :1] * 2.0 - 1.0, x[:, 1:] * 2.0], 1)
         if self.training:  # oneDNN's backward of a 1-channel NCHW conv: 0.52 s vs 3 ms channels-last
             x = x.contiguous(memory_format=torch.channels_last)
         f1 = self.s1(x).contiguous()
@@ -368,8 +375,21 @@ class UnifiedModel(nn.Module):
             self.register_buffer("coarse_std", torch.ones(len(MODALITIES), cells))
 
     def coarse_pooled(self, image: torch.Tensor) -> torch.Tensor:
-        """Images or slices (N,1,S,S) in [0, 1] -> (N, coarse²) average-pooled cells in [-1, 1]."""
-        return F.avg_pool2d(image * 2.0 - 1.0, image.shape[-1] // self.cfg.coarse).flatten(1)
+        """Images or slices (N,C,S,S) in [0, 1] -> (N, coarse²) average-pooled cells of channel 0 in [-1, 1]."""
+        return F.avg_pool2d(image[:, :1] * 2.0 - 1.0, image.shape[-1] // self.cfg.coarse).flatten(1)
+
+    def with_context(self, volume: torch.Tensor) -> torch.Tensor:
+        """Volumes (N,D,S,S) -> slices (N*D, 1+2k, S, S): each slice, then itself minus the slice k..1 below and
+        1..k above (edges repeated), k = ``slice_context``. Radiographs (N,1,S,S) get zero differences."""
+        k = self.cfg.slice_context
+        n, depth, s, _ = volume.shape
+        if depth == 1 or k == 0:
+            flat = volume.reshape(n * depth, 1, s, s)
+            return flat if k == 0 else torch.cat([flat, torch.zeros_like(flat).repeat(1, 2 * k, 1, 1)], 1)
+        padded = torch.cat([volume[:, :1].expand(-1, k, -1, -1), volume, volume[:, -1:].expand(-1, k, -1, -1)], 1)
+        offsets = [o for o in range(-k, k + 1) if o]
+        diffs = [volume - padded[:, k + o : k + o + depth] for o in offsets]
+        return torch.stack([volume, *diffs], 2).reshape(n * depth, 1 + 2 * k, s, s)
 
     @torch.no_grad()
     def fit_coarse_stats(self, modality: int, images: torch.Tensor) -> None:
@@ -390,8 +410,8 @@ class UnifiedModel(nn.Module):
         return m
 
     def _encode(self, image: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Images or slices (N,1,S,S) -> tokens and per-image heads; the coarse pathway's logits join the heads'
-        and its standardised cells, as a map, the segmentation decoder's input."""
+        """Images or slices (N,C,S,S) (``with_context``) -> tokens and per-image heads; the coarse pathway's logits
+        join the heads' and its standardised cells, as a map, the segmentation decoder's input."""
         tokens, grid, f1, f2 = self.encoder(image, modality)
         if self.coarse_in is None:
             return tokens, self.heads(tokens, grid, f1, f2)
@@ -423,7 +443,7 @@ class UnifiedModel(nn.Module):
     # ---- 2D -------------------------------------------------------------------------------------------------
     def forward_2d(self, image: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
         """image (N,1,S,S) -> logits (N,L), heatmap/size/offset (N,·,S/8,S/8), seg (N,L,S,S), memory, embedding."""
-        tokens, out = self._encode(image, modality)
+        tokens, out = self._encode(self.with_context(image), modality)
         probs = torch.sigmoid(out["logits"])
         where = torch.cat([out["where"], torch.full_like(out["where"][..., :1], 0.5)], -1)
         out["memory"] = self._memory(tokens, out["label_feats"], probs, where)
@@ -434,9 +454,8 @@ class UnifiedModel(nn.Module):
     # ---- 3D -------------------------------------------------------------------------------------------------
     def forward_3d(self, volume: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
         """volume (N,D,S,S), modality (N,) -> per-slice heads (N,D,...), slice relevance (N,D), volume logits (N,L)."""
-        n, depth, s, _ = volume.shape
-        flat = volume.reshape(n * depth, 1, s, s)
-        tokens, out = self._encode(flat, modality.repeat_interleave(depth))
+        n, depth = volume.shape[:2]
+        tokens, out = self._encode(self.with_context(volume), modality.repeat_interleave(depth))
         t, d = tokens.shape[1], tokens.shape[2]
         tok = tokens.reshape(n, depth, t, d)
         slice_emb = tok.mean(2)

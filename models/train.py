@@ -86,6 +86,8 @@ class TrainConfig:
     # the decoder's pointer head (``NetConfig.copy``); a stage-2 start without one (``vision_from`` a 0.8 bundle)
     # gets a new one
     copy_head: bool = True
+    # neighbouring slices on each side a volume slice is encoded with (``NetConfig.slice_context``, 2.5D)
+    slice_context: int = 1
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
@@ -608,6 +610,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
     elif stage1_from is None:
         tok = train_tokenizer(corpus([s for p in pools.values() for s in p]), cfg.vocab_size)
         sizes = {"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), "copy": int(cfg.copy_head)}
+        sizes["slice_context"] = cfg.slice_context
         net = NetConfig(**{**sizes, **cfg.net})
         model = UnifiedModel(net)
         fit_coarse_stats(model, pools)

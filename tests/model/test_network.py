@@ -151,6 +151,29 @@ def test_coarse_pathway_reads_only_the_pooled_image_and_can_be_off() -> None:
     assert (_coarse_part(model, brighter) - base).abs().max() > 1e-4
 
 
+def test_slice_context_tells_a_dot_that_ends_from_a_vessel_that_goes_on() -> None:
+    """2.5D input: a slice is encoded with its differences to its neighbours, so a bright dot on one slice (a
+    nodule) and a dot present on every slice (a vessel crossing them) no longer look alike."""
+    assert UnifiedModel(TINY).encoder.s1[0].in_channels == 1  # bundles before it rebuild unchanged
+    model = UnifiedModel(replace(TINY, slice_context=1))
+    assert model.encoder.s1[0].in_channels == 3
+    volume = torch.zeros(1, 6, 64, 64)
+    volume[0, :, 10, 10] = 0.8  # vessel through every slice
+    volume[0, 3, 40, 40] = 0.8  # nodule on slice 3 only
+    x = model.with_context(volume)
+    assert x.shape == (6, 3, 64, 64)
+    assert torch.equal(x[:, 0], volume[0])  # channel 0 is the slice itself
+    assert x[:, 1:, 10, 10].abs().max() == 0  # the vessel: no difference to either neighbour
+    assert x[3, 1, 40, 40] == pytest.approx(0.8) and x[3, 2, 40, 40] == pytest.approx(0.8)
+    assert x[2, 2, 40, 40] == pytest.approx(-0.8) and x[4, 1, 40, 40] == pytest.approx(-0.8)  # seen from around
+    assert x[0, 1].abs().max() == 0 and x[5, 2].abs().max() == 0  # the end slices repeat themselves
+    radiograph = torch.rand(2, 1, 128, 128)
+    r = model.with_context(radiograph)
+    assert r.shape == (2, 3, 128, 128) and torch.equal(r[:, 0], radiograph[:, 0]) and r[:, 1:].abs().max() == 0
+    # the coarse pathway reads only the slice itself
+    assert torch.equal(model.coarse_pooled(x), model.coarse_pooled(volume[0][:, None]))
+
+
 def test_coarse_cells_are_standardised_per_modality_with_a_floored_std() -> None:
     model = UnifiedModel(TINY)
     torch.manual_seed(0)
