@@ -27,7 +27,9 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   runs the node's adapter on phantoms written as DICOM (the source grid is only there). Bundle 0.10.0's graphs,
   100 validation cases per kind (largest lesion stated to the mm, model grid → chosen): radiograph nodules 0.19 →
   0.52 (at 0.6), masses 0.10 → 0.80 (0.6); CT nodules 0.00 → 0.38 (0.7), masses 0.13 → 0.33 (0.5); PET lesions
-  0.04 → 0.22 (0.5).
+  0.04 → 0.22 (0.5). Since bundle 0.11.0 also how far past the mapped mask the outline may grow (``size_reach``, 0–2
+  source pixels; 2 unless listed): 0.11.0's network finds CT masses against the chest wall, and an outline that
+  may grow 2 pixels takes in the wall's soft tissue (every level alike: 20–60 HU against 40 HU).
 - ``thresholds``: per kind and label, the probability at which the label counts as present: the best F1 on the
   validation cases (the threshold training chooses is pooled over the kinds a label applies to, and radiographs
   and CT are not calibrated alike). Bundle 0.10.1's graphs, 300 validation cases per kind, F1 pooled → per kind:
@@ -41,12 +43,14 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dicom_agent.inference.onnx_runner import DELINEATION_REACH
 from models.dataset import Sample, make_samples
 from models.evaluate import decode, dice, raw_outputs, structured_metrics
 from models.labels import KINDS, LABEL_KEYS, label_mask
@@ -64,6 +68,8 @@ DELINEATION_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
 BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
 SIZE_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
+# source pixels past the mapped mask a size outline may reach; the runtime's DELINEATION_REACH (2) is the default
+SIZE_REACHES = (0, 1, 2)
 SIZE_MARGIN = 0.05  # share of validation cases stated to the mm a source-grid size must gain over the model grid's
 SIZE_MIN_CASES = 8  # fewer validation cases with a label both drawn and found keep the model-grid size
 SIZE_CASES = 100
@@ -256,12 +262,24 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     return out
 
 
+def size_option(level: float, reach: int) -> str:
+    """The calibration table's name of an outline option: the level, and the reach where it is not the default
+    (``"0.5"``, ``"0.5 r0"``), so tables from before ``size_reach`` read the same."""
+    return f"{level:g}" if reach == DELINEATION_REACH else f"{level:g} r{reach}"
+
+
+def parse_size_option(name: str) -> tuple[float, int]:
+    """(level, reach) of a :func:`size_option` name."""
+    level, _, reach = name.partition(" r")
+    return float(level), int(reach) if reach else DELINEATION_REACH
+
+
 def choose_size_fractions(
     bundle: Path, cases: int, seed: int = VAL_SEED
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Per kind and diameter label, the source-grid outline fraction whose equivalent diameter of the largest
+) -> tuple[dict[str, dict[str, tuple[float, int]]], dict[str, Any]]:
+    """Per kind and diameter label, the source-grid outline (level, reach) whose equivalent diameter of the largest
     lesion found equals the largest drawn (whole mm) most often on ``cases`` validation phantoms (ties: the
-    smaller median error, then the level nearer half), kept where it beats the model-grid size by
+    smaller median error, the wider reach, the level nearer half), kept where it beats the model-grid size by
     ``SIZE_MARGIN`` on at least ``SIZE_MIN_CASES`` cases; and the table behind it (share exact per option)."""
     import shutil
     import tempfile
@@ -273,7 +291,7 @@ def choose_size_fractions(
 
     adapter = BundleAdapter(bundle, device="cpu", languages=("en",), narrative=False)
     adapter.runner.size_fraction = {}  # the findings keep their model-grid sizes: the baseline
-    chosen: dict[str, dict[str, float]] = {}
+    chosen: dict[str, dict[str, tuple[float, int]]] = {}
     table: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="size-calibration-"))
     try:
@@ -287,9 +305,10 @@ def choose_size_fractions(
                     row = errors.setdefault(label, {})
                     row.setdefault("model", []).append(mm(got) - truth)
                     found = [f for f in item.findings if f.label == label and f.size_mm is not None]
-                    for level in SIZE_LEVELS:  # as the runtime: the model-grid size where no outline is drawn
-                        sizes = [_outlined_size(grid, f.mask, level) or float(f.size_mm or 0.0) for f in found]
-                        row.setdefault(f"{level:g}", []).append(mm(max(sizes)) - truth)
+                    for level, reach in itertools.product(SIZE_LEVELS, SIZE_REACHES):
+                        # as the runtime: the model-grid size where no outline is drawn
+                        sizes = [_outlined_size(grid, f.mask, level, reach) or float(f.size_mm or 0.0) for f in found]
+                        row.setdefault(size_option(level, reach), []).append(mm(max(sizes)) - truth)
                 shutil.rmtree(work / f"{kind}{i}", ignore_errors=True)
             table[kind] = {}
             for label, row in errors.items():
@@ -305,22 +324,24 @@ def choose_size_fractions(
     return chosen, table
 
 
-def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> float | None:
-    """The outline level to measure a label at, from (share stated to the mm, median absolute error) per option
-    ("model" = the model-grid size, else a level): the best share, then the smaller error, then the level nearer
-    half; None where fewer than ``SIZE_MIN_CASES`` cases or no level beats the model grid by ``SIZE_MARGIN``."""
-    levels = [name for name in summary if name != "model"]
-    if cases < SIZE_MIN_CASES or not levels:
+def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> tuple[float, int] | None:
+    """The outline (level, reach) to measure a label at, from (share stated to the mm, median absolute error) per
+    option ("model" = the model-grid size, else a :func:`size_option`): the best share, then the smaller error,
+    then the wider reach (the rule before ``size_reach``), then the level nearer half; None where fewer than
+    ``SIZE_MIN_CASES`` cases or no option beats the model grid by ``SIZE_MARGIN``."""
+    options = {name: parse_size_option(name) for name in summary if name != "model"}
+    if cases < SIZE_MIN_CASES or not options:
         return None
-    best = max(levels, key=lambda n: (summary[n][0], -summary[n][1], -abs(float(n) - 0.5)))
-    return float(best) if summary[best][0] >= summary["model"][0] + SIZE_MARGIN else None
+    best = max(options, key=lambda n: (summary[n][0], -summary[n][1], options[n][1], -abs(options[n][0] - 0.5)))
+    return options[best] if summary[best][0] >= summary["model"][0] + SIZE_MARGIN else None
 
 
-def _outlined_size(grid: Any, mask: Any, level: float) -> float | None:
-    """A finding's equivalent diameter outlined on the source grid at ``level`` (None: no grid or no mask)."""
+def _outlined_size(grid: Any, mask: Any, level: float, reach: int) -> float | None:
+    """A finding's equivalent diameter outlined on the source grid at ``level`` within ``reach`` pixels of its mask
+    (None: no grid or no mask)."""
     if grid is None or mask is None:
         return None
-    return grid.diameter(mask.pixels.reshape(grid.values.shape), level)
+    return grid.diameter(mask.pixels.reshape(grid.values.shape), level, reach)
 
 
 def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases: int | None = None) -> dict[str, Any]:
@@ -336,10 +357,18 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases
     chosen = calibrate(bundle, cases, seed)
     manifest["decoding"] = {k: v for k, v in manifest["decoding"].items() if k not in chosen} | chosen
     manifest["decoding"].pop("size_fraction", None)
+    manifest["decoding"].pop("size_reach", None)
     write_manifest(path, manifest)
-    fractions, size_table = choose_size_fractions(bundle, min(cases, SIZE_CASES) if size_cases is None else size_cases)
+    outlines, size_table = choose_size_fractions(bundle, min(cases, SIZE_CASES) if size_cases is None else size_cases)
+    fractions = {kind: {key: level for key, (level, _) in per.items()} for kind, per in outlines.items()}
+    reaches = {
+        kind: {key: reach for key, (_, reach) in per.items() if reach != DELINEATION_REACH}
+        for kind, per in outlines.items()
+    }
     if fractions:
         manifest["decoding"]["size_fraction"] = fractions
+    if any(reaches.values()):
+        manifest["decoding"]["size_reach"] = {kind: per for kind, per in reaches.items() if per}
     manifest["decoding"]["calibration"]["size_exact"] = size_table
     write_manifest(path, manifest)
     return manifest

@@ -163,8 +163,13 @@ def calibrate(
         out(f"{kind} boxes from masks: " + ", ".join(sources))
     for kind, keys in decoding["unsided"].items():
         out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
+    reaches = decoding.get("size_reach", {})
     for kind, fractions in decoding.get("size_fraction", {}).items():
-        out(f"{kind} sizes outlined on the source grid at: " + ", ".join(f"{k} {v:g}" for k, v in fractions.items()))
+        reach = reaches.get(kind, {})
+        out(
+            f"{kind} sizes outlined on the source grid at: "
+            + ", ".join(f"{k} {v:g}" + (f" within {reach[k]} px" if k in reach else "") for k, v in fractions.items())
+        )
 
 
 @app.command("eval")

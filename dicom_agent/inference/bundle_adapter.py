@@ -25,7 +25,7 @@ from dicom_agent.inference.agreement import answer_disagreement, flag_disagreeme
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
 from dicom_agent.inference.measure import SourceGrid
-from dicom_agent.inference.onnx_runner import DetectedBox
+from dicom_agent.inference.onnx_runner import DELINEATION_REACH, DetectedBox
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
 from dicom_agent.inference.render import join_sentences, prompt_findings, render
 from dicom_agent.inference.series import select_series
@@ -527,11 +527,12 @@ class BundleAdapter:
 
     def _source_size(self, kind: str, grid: SourceGrid | None, key: str, source_mask: np.ndarray) -> float | None:
         """A round lesion's equivalent diameter on the source grid where the manifest gives its label a size
-        fraction (``decoding.size_fraction``), else None (the caller keeps its model-grid measurement)."""
+        fraction (``decoding.size_fraction``, outlined at most ``decoding.size_reach`` pixels past the mask), else
+        None (the caller keeps its model-grid measurement)."""
         fraction = self.runner.size_fraction.get(kind, {}).get(key)
         if fraction is None or grid is None:
             return None
-        return grid.diameter(source_mask, fraction)
+        return grid.diameter(source_mask, fraction, self.runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH))
 
     def _side_location(self, side: str) -> str | None:
         """The vocabulary's side-only site for non-focal findings (e.g. ``right_pleura``), if it has one."""

@@ -8,7 +8,9 @@ it: its mask, mapped back onto the source grid, is redrawn from the source value
 brightest, connected to it) and its size is the **equivalent diameter** of that outline — the diameter of the
 circle (radiograph) or sphere (volume) of the same area or volume, as in nodule volumetry. The fraction is a
 per-label decoding setting (manifest ``decoding.size_fraction``) chosen on validation phantoms
-(:func:`models.decoding.choose_size_fractions`); a label without one keeps the model-grid measurement.
+(:func:`models.decoding.choose_size_fractions`); a label without one keeps the model-grid measurement. So is how far
+the outline may grow past the mapped mask (``decoding.size_reach``, 2 source pixels unless the manifest says
+otherwise): a CT mass against the chest wall grows into the wall's soft tissue, which no level separates from it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_agent.inference.onnx_runner import delineate, grown_box
+from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate, grown_box
 from dicom_agent.inference.volume import window
 
 
@@ -35,13 +37,15 @@ def equivalent_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float | N
     return (6.0 * measure / math.pi) ** (1.0 / 3.0)
 
 
-def source_diameter(values: np.ndarray, mask: np.ndarray, spacing: Sequence[float], fraction: float) -> float | None:
+def source_diameter(
+    values: np.ndarray, mask: np.ndarray, spacing: Sequence[float], fraction: float, reach: int = DELINEATION_REACH
+) -> float | None:
     """Equivalent diameter (mm) of a lesion outlined on the source grid: ``mask`` (the lesion's source-grid mask)
-    redrawn from ``values`` (same shape, the model's intensity window in [0, 1]) at ``fraction`` of its peak.
-    None when the grids disagree or the mask is empty."""
+    redrawn from ``values`` (same shape, the model's intensity window in [0, 1]) at ``fraction`` of its peak, at
+    most ``reach`` pixels past the mask. None when the grids disagree or the mask is empty."""
     if values.shape != mask.shape or not mask.any():
         return None
-    return equivalent_diameter(delineate(values, mask, fraction), spacing)
+    return equivalent_diameter(delineate(values, mask, fraction, reach), spacing)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class SourceGrid:
     spacing: tuple[float, ...]
     window: tuple[float, float] | None = None
 
-    def diameter(self, mask: np.ndarray, fraction: float) -> float | None:
+    def diameter(self, mask: np.ndarray, fraction: float, reach: int = DELINEATION_REACH) -> float | None:
         """:func:`source_diameter` of a source-grid ``mask``. Only the mask's bounding box, grown by the outline's
         reach, is windowed: a CT of 512² × 300 voxels is 300 MB as float32, a lesion a few hundred kB."""
         if self.values.shape != mask.shape or not mask.any():
@@ -61,4 +65,4 @@ class SourceGrid:
         box = grown_box(np.argwhere(mask), mask.shape)
         crop = self.values[box]
         values = window(crop, *self.window) if self.window is not None else crop
-        return source_diameter(values, mask[box], self.spacing, fraction)
+        return source_diameter(values, mask[box], self.spacing, fraction, reach)

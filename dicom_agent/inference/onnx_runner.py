@@ -390,6 +390,11 @@ class BundleRunner:
             kind: {key: float(f) for key, f in per_label.items()}
             for kind, per_label in decoding.get("size_fraction", {}).items()
         }
+        # and how many source pixels past the mapped mask that outline may reach (DELINEATION_REACH if not listed)
+        self.size_reach: dict[str, dict[str, int]] = {
+            kind: {key: int(r) for key, r in per_label.items()}
+            for kind, per_label in decoding.get("size_reach", {}).items()
+        }
 
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available

@@ -75,23 +75,29 @@ def test_a_size_level_is_picked_only_where_it_beats_the_model_grid() -> None:
     from models.decoding import SIZE_MIN_CASES, pick_size_level
 
     n = SIZE_MIN_CASES
-    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == 0.6  # then the error
-    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == 0.6  # nearer half
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == (0.6, 2)  # the error
+    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == (0.6, 2)  # nearer half
+    # the reach an outline may grow past the mask: a narrower one where it states more sizes, else the default
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.1, 3.0), "0.5 r0": (0.3, 0.0)}, n) == (0.5, 0)
+    assert pick_size_level({"model": (0.1, 3.0), "0.6": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.6, 2)
     assert pick_size_level({"model": (0.30, 1.0), "0.5": (0.33, 0.0)}, n) is None  # gains less than the margin
     assert pick_size_level({"model": (0.0, 3.0), "0.5": (0.9, 0.0)}, n - 1) is None  # too few cases
     assert pick_size_level({"model": (0.0, 3.0)}, n) is None
 
 
 def test_the_shipped_bundle_measures_sizes_as_calibrated() -> None:
-    from models.decoding import SIZE_MARGIN
+    from dicom_agent.inference.onnx_runner import DELINEATION_REACH
+    from models.decoding import SIZE_MARGIN, size_option
 
     decoding = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))["decoding"]
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
     assert runner.size_fraction == decoding["size_fraction"] and decoding["size_fraction"]
+    assert runner.size_reach == decoding.get("size_reach", {})
     for kind, levels in decoding["size_fraction"].items():
         for key, level in levels.items():
             table = decoding["calibration"]["size_exact"][kind][key]
-            assert table[f"{level:g}"]["exact"] >= table["model"]["exact"] + SIZE_MARGIN
+            option = size_option(level, runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH))
+            assert table[option]["exact"] >= table["model"]["exact"] + SIZE_MARGIN
 
 
 def test_labels_whose_masks_guess_the_side_are_left_unsided() -> None:

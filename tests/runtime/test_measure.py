@@ -50,6 +50,24 @@ def test_a_sphere_is_measured_by_its_volume() -> None:
     assert measured is not None and abs(measured - 17.0) < 0.5, measured
 
 
+def test_a_lesion_against_a_wall_is_measured_within_a_narrower_reach() -> None:
+    """A solid disc touching a band of tissue as bright as itself (a CT mass against the chest wall): an outline
+    allowed to grow 2 pixels past the network's mask takes in the wall next to it; one held to the mask does not."""
+    values = np.full((64, 64), 0.1, np.float32)  # aerated lung
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = (yy - 32.0) ** 2 + (xx - 40.0) ** 2 <= 10.0**2  # 20 px across, touching the wall at column 50
+    values[disc] = 0.75
+    values[:, 50:] = 0.75  # chest wall, soft tissue like the lesion
+    mask = disc.copy()  # the network's mask: the lesion, a pixel into the wall where they meet
+    mask[27:38, 50] = True
+    wide = source_diameter(values, mask, (1.0, 1.0), 0.5)
+    held = source_diameter(values, mask, (1.0, 1.0), 0.5, reach=0)
+    assert wide is not None and held is not None
+    assert abs(held - 20.0) < 1.0 < wide - 20.0, (held, wide)
+    grid = SourceGrid(values, (1.0, 1.0))
+    assert grid.diameter(mask, 0.5, 0) == pytest.approx(held) and grid.diameter(mask, 0.5) == pytest.approx(wide)
+
+
 def test_anisotropic_pixels_count_their_area() -> None:
     mask = np.zeros((10, 40), bool)
     mask[2:6, 4:20] = True  # 4 x 16 pixels of 2 x 0.5 mm = 64 mm²
@@ -106,7 +124,7 @@ def test_a_radiograph_nodule_is_measured_on_its_stored_pixels() -> None:
     )
 
     def size(fractions: dict[str, dict[str, float]]) -> float | None:
-        adapter.runner = SimpleNamespace(box_source={}, size_fraction=fractions)
+        adapter.runner = SimpleNamespace(box_source={}, size_fraction=fractions, size_reach={})
         (finding,) = adapter._findings_2d(radiograph, result)  # type: ignore[arg-type]
         return finding.size_mm
 

@@ -82,7 +82,9 @@ def _map_back_only(
     adapter = BundleAdapter.__new__(BundleAdapter)
     adapter.vocabulary = bundle.vocabulary
     adapter.windows = {"pet": tuple(bundle.manifest.inputs["pet"]["window"])}
-    adapter.runner = SimpleNamespace(size_fraction=size_fraction or {}, unsided={}, box_min_score=box_min_score)
+    adapter.runner = SimpleNamespace(
+        size_fraction=size_fraction or {}, size_reach={}, unsided={}, box_min_score=box_min_score
+    )
     return adapter
 
 
