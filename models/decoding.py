@@ -361,14 +361,15 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases
     write_manifest(path, manifest)
     outlines, size_table = choose_size_fractions(bundle, min(cases, SIZE_CASES) if size_cases is None else size_cases)
     fractions = {kind: {key: level for key, (level, _) in per.items()} for kind, per in outlines.items()}
-    reaches = {
+    narrower = {
         kind: {key: reach for key, (_, reach) in per.items() if reach != DELINEATION_REACH}
         for kind, per in outlines.items()
     }
+    reaches = {kind: per for kind, per in narrower.items() if per}
     if fractions:
         manifest["decoding"]["size_fraction"] = fractions
-    if any(reaches.values()):
-        manifest["decoding"]["size_reach"] = {kind: per for kind, per in reaches.items() if per}
+    if reaches:
+        manifest["decoding"]["size_reach"] = reaches
     manifest["decoding"]["calibration"]["size_exact"] = size_table
     write_manifest(path, manifest)
     return manifest

@@ -62,7 +62,7 @@ class SourceGrid:
         reach, is windowed: a CT of 512² × 300 voxels is 300 MB as float32, a lesion a few hundred kB."""
         if self.values.shape != mask.shape or not mask.any():
             return None
-        box = grown_box(np.argwhere(mask), mask.shape)
+        box = grown_box(np.argwhere(mask), mask.shape, reach)
         crop = self.values[box]
         values = window(crop, *self.window) if self.window is not None else crop
         return source_diameter(values, mask[box], self.spacing, fraction, reach)
