@@ -182,6 +182,29 @@ def test_ct_lesions_have_their_stated_density() -> None:
                 assert np.median(values) == pytest.approx(lesion.attrs["hu"], abs=8)
 
 
+def test_ct_consolidation_carries_air_bronchograms_inside_its_outline() -> None:
+    """Consolidated lung with open airways: air inside the consolidation's mask (never on its border, so the
+    outline stays solid); a mass is solid throughout."""
+    seen = set()
+    for seed in range(1000, 1060):
+        case = make_case("ct", seed, **SMALL["ct"])
+        for i, lesion in enumerate(case.lesions):
+            if lesion.label not in ("consolidation", "mass") or lesion.label in seen:
+                continue
+            region = case.mask == i + 1
+            air = region & (case.image < -700)
+            if lesion.label == "mass":
+                assert not air.any()
+            else:
+                assert air.sum() >= 5
+                border = region & ~ct_mod._eroded(region)
+                assert not (air & border).any()
+            seen.add(lesion.label)
+        if seen == {"consolidation", "mass"}:
+            return
+    pytest.fail(f"no CT consolidation and mass among the seeds, saw {seen}")
+
+
 def test_pet_suv_ranges() -> None:
     seen_lesion = False
     for case in batch("pet"):
