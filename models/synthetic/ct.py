@@ -234,10 +234,10 @@ def _place_consolidation(vol: _Volume, extent: float) -> tuple[Lesion, np.ndarra
 
 def _air_bronchograms(hu: np.ndarray, vol: _Volume, region: np.ndarray) -> None:
     """Air bronchograms: bronchi that stay open through consolidated lung, drawn as air-filled tubes that enter the
-    consolidation on its hilar side and fan out towards the periphery, inside it and off its edge. On CT they are
-    what tells consolidation (airspaces filled, airways open) from a solid mass; without them the phantom's
-    consolidation was a soft-tissue blob of nearly a mass's density (about 45 HU lower: 0.03 of the model's CT
-    window)."""
+    consolidation on its hilar side and fan out towards the periphery, inside it and short of its outline. On CT
+    they are what tells consolidation (airspaces filled, airways open) from a solid mass; without them the
+    phantom's consolidation was a soft-tissue blob of nearly a mass's density (about 45 HU lower: 0.03 of the
+    model's CT window)."""
     rng = vol.rng
     zs, ys, xs = np.nonzero(region)
     box = (slice(zs.min(), zs.max() + 1), slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
@@ -245,13 +245,7 @@ def _air_bronchograms(hu: np.ndarray, vol: _Volume, region: np.ndarray) -> None:
     yy = vol.y[0, box[1], 0][None, :, None]
     xx = vol.x[0, 0, box[2]][None, None, :]
     sub = region[box]
-    centre = np.array(
-        [
-            float(zz[:, 0, 0][zs - zs.min()].mean()),
-            float(yy[0, :, 0][ys - ys.min()].mean()),
-            float(xx[0, 0, :][xs - xs.min()].mean()),
-        ]
-    )
+    centre = np.array([float(vol.z_mm[zs, 0, 0].mean()), float(vol.y[0, ys, 0].mean()), float(vol.x[0, 0, xs].mean())])
     lx, ly = vol.lung_c["right" if centre[2] < 0 else "left"]
     hilum = np.array([0.55 * Z_COVERAGE_MM, ly - 10.0 * vol.scale, lx * 0.45])
     axis = (centre - hilum) / max(float(np.linalg.norm(centre - hilum)), 1e-6)
@@ -267,11 +261,10 @@ def _air_bronchograms(hu: np.ndarray, vol: _Volume, region: np.ndarray) -> None:
         dist = np.linalg.norm(coords - start - along[:, None] * seg, axis=1)
         air |= dist < _uniform(rng, BRONCHUS_RADIUS_MM) * (1.0 - 0.4 * along)
     inner = _eroded(sub)[sub]  # the consolidation's own outline stays solid
-    values = hu[box]
-    view = values[sub]
-    view[air & inner] = rng.uniform(-950.0, -850.0, int((air & inner).sum()))
-    values[sub] = view
-    hu[box] = values
+    inside = hu[box]  # a view: writing it writes ``hu``
+    values = inside[sub]
+    values[air & inner] = rng.uniform(-950.0, -850.0, int((air & inner).sum()))
+    inside[sub] = values
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:
