@@ -180,6 +180,8 @@ def test_review_and_sign_in_a_real_browser(
             with page.expect_response(lambda r: r.url.endswith(decision_url), timeout=60_000) as posted:
                 page.locator(f"#finding-{reject_id} button[data-action=reject]").click()
             assert posted.value.status in (200, 302, 303), posted.value.status
+            # the decision is saved only where the redirect says so (an error also redirects back to the study)
+            assert "saved=1" in posted.value.headers.get("location", ""), posted.value.headers
             page.wait_for_selector(f"#finding-{reject_id}.is-rejected", timeout=60_000)
 
             # edit the Chinese report text and sign (the confirm dialog is accepted)
