@@ -11,9 +11,9 @@ What is measured, per axial slice, on the source HU: the lesion's soft tissue (a
 to the region, its holes filled in-plane; the hole voxels that are air (below ``AIR_HU``) and lie at least
 ``INNER_MM`` inside the filled outline — air enclosed by the lesion, not lung caught between the lesion and a
 vessel or the chest wall at its edge. The sign is present when those voxels are at least ``BRONCHOGRAM_SHARE`` of
-the lesion's soft tissue. On 300 validation phantoms (seeds 500000-500299, bundle 0.11.0's masks) the share was
-at most 0.0075 on the regions of 52 drawn masses but one (0.014: a mass with a nodule beside it) and at least
-0.0082 on those of 45 drawn consolidations.
+the lesion's soft tissue. On 300 validation phantoms (seeds 500000-500299; the regions bundle 0.11.0 reported as a
+mass or a consolidation) the share was at most 0.0075 on those over 45 of 46 drawn masses (the other, with a
+nodule beside it: 0.014) and at least 0.0082 on those over 42 drawn consolidations.
 
 This is a convention of the phantoms' anatomy as much as a sign: the phantom draws bronchi through every
 consolidation and never through a mass. Real consolidations can lack the sign (bronchi filled with fluid), and some
