@@ -707,8 +707,8 @@ def _settle_by_bronchograms(components_of: dict[str, list[np.ndarray]], volume: 
     """CT: a region both the mass and the consolidation label kept (:func:`_claim_by_probability` lets each keep
     its first) goes to the consolidation if it shows air bronchograms on the source HU, else to the mass
     (:mod:`~dicom_agent.inference.signs`); the other label loses that region, and is unplaced if it had no other.
-    Until 0.11.0 both were reported: 15 of 18 validation CTs with a consolidation reported where none is drawn had
-    a mass there."""
+    Until session 22 both were reported: 15 of 18 validation CTs with a consolidation reported where none is drawn
+    had a mass there."""
     masses, consolidations = components_of.get("mass", []), components_of.get("consolidation", [])
     if not masses or not consolidations:
         return
