@@ -145,6 +145,8 @@ _ANSWER_NOTE = {
         "no_uptake": "Note: no SUVmax was measured in this study (no lesion found, or the series gives no SUV).",
         "ratio": "Note: the coded findings carry no cardiothoracic ratio (it is not measured); this answer is the "
         "text decoder's estimate.",
+        "unplaced": "Note: the classifier scored {name} present ({percent} %), but no region of the image was given "
+        "to it, so the coded findings do not include it.",
     },
     "zh": {
         "present": "注意：编码所见包含{name}。",
@@ -153,6 +155,7 @@ _ANSWER_NOTE = {
         "uptake": "注意：编码所见的最高SUVmax为{suv}。",
         "no_uptake": "注意：本检查未测得SUVmax（未发现病灶，或该序列无法计算SUV）。",
         "ratio": "注意：编码所见不含心胸比（未测量）；该回答为文本解码器的估计。",
+        "unplaced": "注意：分类器判定{name}为阳性（{percent}%），但图像中没有区域归属于它，故编码所见不包含{name}。",
     },
 }
 
@@ -170,7 +173,12 @@ def largest_located(findings: Sequence[Finding], label: str) -> Finding | None:
 
 
 def answer_disagreement(
-    question: str, answer: str, lang: str, findings: Sequence[Finding], vocabulary: Vocabulary
+    question: str,
+    answer: str,
+    lang: str,
+    findings: Sequence[Finding],
+    vocabulary: Vocabulary,
+    unplaced: Mapping[str, float] | None = None,
 ) -> str | None:
     """A note in ``lang`` when a VQA answer contradicts the findings of record, else None.
 
@@ -179,7 +187,9 @@ def answer_disagreement(
     the place of the largest such finding, and a number answering a question about the most active lesion,
     against the highest SUVmax measured. A question about the cardiothoracic ratio is always noted: no finding
     carries one, so the decoder's number (right on 0.15 of the phantoms' ratio questions) is not a measurement.
-    Other answers (sizes, counts) are not judged here."""
+    Other answers (sizes, counts) are not judged here. Any answer about one label the study left *unplaced*
+    (``unplaced``: label -> probability; present by the classifier, no region of its own) gets a note saying so,
+    whatever it says: "no" agrees with the coded findings and not with the classifier."""
     if lang not in _ANSWER_NOTE:
         return None
     if asks_ratio(question):
@@ -197,6 +207,8 @@ def answer_disagreement(
     said = normalize_answer(answer)
     mine = [f for f in findings if f.present and f.label == label]
     notes = _ANSWER_NOTE[lang]
+    if not mine and unplaced and label in unplaced:
+        return notes["unplaced"].format(name=name, percent=round(100 * float(unplaced[label])))
     if said in (YES[lang], NO[lang]):
         if (said == YES[lang]) == bool(mine):
             return None

@@ -266,7 +266,8 @@ class BundleAdapter:
         :func:`~dicom_agent.inference.agreement.answer_disagreement`), else None."""
         if not analysis.inputs:
             return None
-        return answer_disagreement(question, answer, lang, analysis.inputs[0].findings, self.vocabulary)
+        unplaced = {k: float(v["probability"]) for k, v in analysis.result.extra.get("unplaced", {}).items()}
+        return answer_disagreement(question, answer, lang, analysis.inputs[0].findings, self.vocabulary, unplaced)
 
     # ---- radiographs ---------------------------------------------------------------------------------------
     def _radiographs(self, path: Path, study: StudyInput) -> list[Radiograph]:

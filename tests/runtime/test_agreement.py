@@ -97,6 +97,29 @@ def test_a_vqa_answer_that_contradicts_the_findings_of_record_gets_a_note_in_its
     assert answer_disagreement("Where is the largest mass?", "left upper lobe", "en", findings, VOCAB) is None
 
 
+def test_any_answer_about_an_unplaced_label_says_the_classifier_scored_it_present() -> None:
+    """A label present by probability with no region of its own (a CT mass whose region went to a consolidation by
+    its air bronchograms, a radiograph box another label claimed) is not a coded finding: "no" agrees with the SR,
+    not with the classifier, and the user is told."""
+    findings = [_finding("consolidation", "right_middle_lobe", size_mm=55.0), _finding("nodule", present=False)]
+    unplaced = {"mass": 0.71}
+    expected = (
+        "Note: the classifier scored mass present (71 %), but no region of the image was given to it, so the coded "
+        "findings do not include it."
+    )
+    for said in ("no", "yes", "right middle lobe"):
+        assert answer_disagreement("Is there a mass?", said, "en", findings, VOCAB, unplaced) == expected
+    assert answer_disagreement("是否有肿块？", "否", "zh", findings, VOCAB, unplaced) == (
+        "注意：分类器判定肿块为阳性（71%），但图像中没有区域归属于它，故编码所见不包含肿块。"
+    )
+    # other labels as before; without the mapping, the plain presence check
+    assert answer_disagreement("Is there a consolidation?", "yes", "en", findings, VOCAB, unplaced) is None
+    assert answer_disagreement("Is there a mass?", "no", "en", findings, VOCAB) is None
+    assert answer_disagreement("Is there a mass?", "yes", "en", findings, VOCAB) == (
+        "Note: the coded findings do not include mass."
+    )
+
+
 def test_an_suvmax_answer_is_checked_against_the_highest_measured() -> None:
     findings = [_finding("hypermetabolic_lesion", "liver"), _finding("hypermetabolic_lesion", "right_upper_lobe")]
     findings[0].suv_max, findings[1].suv_max = 6.6, 11.2
