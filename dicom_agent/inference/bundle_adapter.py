@@ -661,7 +661,7 @@ class _Claims:
         self.claimed: np.ndarray | None = None
 
     def free(self, pixels: np.ndarray) -> bool:
-        return self.claimed is None or (pixels & self.claimed).sum() * 2 <= pixels.sum()
+        return self.claimed is None or not _mostly_in(pixels, self.claimed)
 
     def claim(self, pixels: np.ndarray) -> None:
         self.claimed = pixels if self.claimed is None else self.claimed | pixels
@@ -729,8 +729,13 @@ def _settle_by_bronchograms(components_of: dict[str, list[np.ndarray]], volume: 
 
 
 def _shared(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two parts are one region: over half of the smaller lies in the other (as :class:`_Claims`)."""
-    return int(np.count_nonzero(a & b)) * 2 > min(int(np.count_nonzero(a)), int(np.count_nonzero(b)))
+    """Whether two parts are one region: either lies mostly in the other (as :class:`_Claims` judges a part)."""
+    return _mostly_in(a, b) or _mostly_in(b, a)
+
+
+def _mostly_in(part: np.ndarray, region: np.ndarray) -> bool:
+    """Whether over half of ``part``'s pixels lie in ``region``."""
+    return int(np.count_nonzero(part & region)) * 2 > int(np.count_nonzero(part))
 
 
 def _box_region(box: Any, shape: tuple[int, ...], margin: int = 0) -> np.ndarray:
