@@ -348,7 +348,14 @@ def _place(location: str | None, laterality: str | None, focal: bool) -> str | N
 
 
 def runtime_metrics(
-    bundle: Path, kind: str, seed: int, workdir: Path, report_cases: int, vqa_cases: int, controls: bool = True
+    bundle: Path,
+    kind: str,
+    seed: int,
+    workdir: Path,
+    report_cases: int,
+    vqa_cases: int,
+    controls: bool = True,
+    narrative: bool = True,
 ) -> dict[str, Any]:
     """What a user gets from the node, end to end: phantoms written as DICOM and run through
     :class:`~dicom_agent.inference.bundle_adapter.BundleAdapter` (the runtime's preprocessing, heads, map-back,
@@ -358,7 +365,8 @@ def runtime_metrics(
     ground truth — finding F1 (labels) and finding + location F1 ((label, place) pairs; place = location key
     of focal findings, side of non-focal ones), micro-averaged over cases, per language; EN/ZH consistency =
     share of cases where parse(EN) == parse(ZH); narrative disagreement = share of cases whose decoder
-    narrative in that language disagrees with the heads (``decoder_disagrees`` — the draft SR's comment).
+    narrative in that language disagrees with the heads (``decoder_disagrees`` — the draft SR's comment; with
+    ``narrative`` False no narrative is decoded and the figure is left out).
     ``sizes``: on every case analysed, the largest nodule, mass or PET lesion stated against the largest drawn
     (whole mm), per label shown by both (:func:`largest_sizes`).
     ``vqa``: every question of the first ``vqa_cases`` cases asked through ``BundleAdapter.answer`` (the
@@ -382,7 +390,7 @@ def runtime_metrics(
     for i in range(max(report_cases, vqa_cases)):
         folder = workdir / f"{kind}{i}"
         case, study = phantom_case_study(kind, seed + i, folder)
-        analysis = adapter.analyse(study, narrative=i < report_cases)
+        analysis = adapter.analyse(study, narrative=narrative and i < report_cases)
         if i < vqa_cases:
             qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
             runs = [("vqa", analysis)]
@@ -436,8 +444,9 @@ def runtime_metrics(
             "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
             "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
             "consistency": consistent / report_cases,
-            "narrative_disagreement": {lang: n / report_cases for lang, n in disagreeing.items()},
         }
+        if narrative:
+            out["report"]["narrative_disagreement"] = {lang: n / report_cases for lang, n in disagreeing.items()}
         if uptake_errors:  # PET: the highest SUVmax stated, against the phantom's, to the stated decimal
             out["report"]["suvmax"] = agreement(uptake_errors, 0.05)
     if vqa_cases:

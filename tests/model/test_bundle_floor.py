@@ -64,8 +64,15 @@ def _measure(runner: BundleRunner, thresholds: dict[str, float], kind: str, work
     outs = run_bundle(runner, samples)
     m = structured_metrics(samples, outs, thresholds)
     # VQA and the findings text as the node gives them: DICOM in, through BundleAdapter
-    vqa = runtime_metrics(
-        BUNDLE, kind, SEED, workdir, report_cases=REPORT_CASES[kind], vqa_cases=VQA_CASES[kind], controls=False
+    vqa = runtime_metrics(  # the findings text of record only: no floor on the decoder's narrative
+        BUNDLE,
+        kind,
+        SEED,
+        workdir,
+        report_cases=REPORT_CASES[kind],
+        vqa_cases=VQA_CASES[kind],
+        controls=False,
+        narrative=False,
     )
     m["text_fl"] = float(np.mean(list(vqa["report"]["finding_location_f1"].values())))
     m["vqa"] = float(np.mean(list(vqa["vqa"]["exact_match"].values())))
