@@ -113,8 +113,14 @@ def sample_from_case(case: Case) -> Sample:
     )
 
 
-def make_samples(kind: str, n: int, seed: int, *, out_of_range: bool = False) -> list[Sample]:
-    return [sample_from_case(make_case(kind, seed + i, out_of_range=out_of_range)) for i in range(n)]
+def make_samples(
+    kind: str, n: int, seed: int, *, out_of_range: bool = False, size: int | None = None, depth: int | None = None
+) -> list[Sample]:
+    """``n`` phantoms from ``seed`` on the model grid; ``size`` and ``depth`` draw them at another resolution than
+    the generator's default (which is the training data's)."""
+    return [
+        sample_from_case(make_case(kind, seed + i, out_of_range=out_of_range, size=size, depth=depth)) for i in range(n)
+    ]
 
 
 # ---- batches ------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Measures what ships: the ONNX graphs through :class:`dicom_agent.inference.onnx_
 Per modality: per-finding AUROC, calibration (ECE, 10 bins), box mAP@0.5 (per slice for volumes), Dice,
 lesion-slice hit rate (volumes), VQA exact match per language and per question kind, decoder/heads
 disagreement on presence questions; the same on an out-of-range split (sizes/positions outside the training
-ranges); blank- and shuffled-image controls (VQA should fall to the answer prior); corruptions in the spirit
-of MedMNIST-C (noise, blur, contrast) side by side.
+ranges) and, for CT and PET, on volumes drawn finer than the training data (thin slices); blank- and
+shuffled-image controls (VQA should fall to the answer prior); corruptions in the spirit of MedMNIST-C (noise,
+blur, contrast) side by side.
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ YES = set(ANSWER_YES.values())
 NO = set(ANSWER_NO.values())
 
 
+# Volumes drawn finer than the training data (x 2 in-plane; CT slices 2.5 instead of 5 mm, PET 4 instead of 8 mm),
+# as thin-slice acquisitions are: the runtime brings them to the training resolution first (``volume.cell_blocks``)
+FINER = {"ct": (256, 128), "pet": (256, 192)}
+
+
 @dataclass
 class EvalConfig:
     cases: int = 300
     oor_cases: int = 100
+    finer_cases: int = 100  # CT and PET drawn at FINER
     vqa_cases: int = 100
     corruptions: bool = True
     report_cases: int = 0  # cases per modality written as DICOM and run through the adapter (rendered text)
@@ -555,6 +562,10 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
         if cfg.oor_cases:
             oor = make_samples(kind, cfg.oor_cases, cfg.seed, out_of_range=True)
             m["out_of_range"] = structured_metrics(oor, run_bundle(runner, oor), thresholds)
+        if cfg.finer_cases and kind in FINER:
+            size, depth = FINER[kind]
+            fine = make_samples(kind, cfg.finer_cases, cfg.seed, size=size, depth=depth)
+            m["finer"] = structured_metrics(fine, run_bundle(runner, fine), thresholds) | {"drawn": [size, depth]}
         if cfg.corruptions:
             base = np.stack([s.image.astype(np.float32) for s in samples])
             m["corruptions"] = {}
@@ -586,6 +597,8 @@ def format_tables(metrics: dict[str, Any]) -> str:
         splits = [("held-out", m["held_out"])]
         if "out_of_range" in m:
             splits.append(("out-of-range", m["out_of_range"]))
+        if "finer" in m:
+            splits.append(("finer ({}² × {})".format(*m["finer"]["drawn"]), m["finer"]))
         for name, c in m.get("corruptions", {}).items():
             splits.append((name, c))
         for split, r in splits:
@@ -681,6 +694,9 @@ def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
         if "out_of_range" in m:
             o = m["out_of_range"]
             entry["out_of_range"] = {k: o.get(k) for k in ("n", "auroc", "map50", "dice", "slice_hit")}
+        if "finer" in m:
+            f = m["finer"]
+            entry["finer"] = {k: f.get(k) for k in ("n", "drawn", "auroc", "f1", "map50", "dice", "slice_hit")}
         if "corruptions" in m:
             entry["corruptions"] = {
                 n: {k: c.get(k) for k in ("auroc", "map50", "dice", "slice_hit")} for n, c in m["corruptions"].items()

@@ -16,6 +16,17 @@ DEPTH = 32
 CT_WINDOW = (-1000.0, 400.0)  # HU -> [0,1]: lung + soft tissue in one channel
 PET_WINDOW = (0.0, 10.0)  # SUV -> [0,1]
 CXR_PERCENTILES = (0.5, 99.5)
+# (x, y, z): how many times finer than the model grid the training volumes are drawn (the generators' default
+# sizes over SLICE_SIZE and DEPTH); the runtime first block-averages a finer series to this resolution
+DRAWN = {"ct": (2.0, 2.0, 2.0), "pet": (2.0, 2.0, 3.0)}
+
+
+def _cell_mean(kind: str) -> str:
+    x, y, z = DRAWN[kind]
+    return (
+        f"; a series finer than {x:g} x {y:g} x {z:g} times the grid (x, y, z: the training volumes' resolution) "
+        "first brought to it by averaging blocks of whole voxels per axis"
+    )
 
 
 def spec() -> dict[str, Any]:
@@ -40,10 +51,12 @@ def spec() -> dict[str, Any]:
                 "HU via RescaleSlope/Intercept; slices ordered along the slice normal as the generator writes "
                 "them (index 0 = first slice of the stack, ascending ImagePositionPatient along the normal)",
                 f"resample the whole stack to {DEPTH} slices of {SLICE_SIZE}x{SLICE_SIZE} (trilinear; "
-                "fit-to-grid: the model is not spacing aware, boxes map back by per-axis scale)",
+                "fit-to-grid: the model is not spacing aware, boxes map back by per-axis scale)"
+                f"{_cell_mean('ct')}",
                 f"window HU [{CT_WINDOW[0]:g}, {CT_WINDOW[1]:g}] -> [0, 1], clip",
             ],
             "window": list(CT_WINDOW),
+            "drawn": list(DRAWN["ct"]),
             "depth": DEPTH,
             "size": SLICE_SIZE,
         },
@@ -53,10 +66,12 @@ def spec() -> dict[str, Any]:
             "shape": ["N", DEPTH, SLICE_SIZE, SLICE_SIZE],
             "steps": [
                 "SUVbw (stored values x RescaleSlope (+ Intercept) x SUV factor); slice order as for CT",
-                f"resample the whole stack to {DEPTH} slices of {SLICE_SIZE}x{SLICE_SIZE} (trilinear, fit-to-grid)",
+                f"resample the whole stack to {DEPTH} slices of {SLICE_SIZE}x{SLICE_SIZE} (trilinear, fit-to-grid)"
+                f"{_cell_mean('pet')}",
                 f"window SUV [{PET_WINDOW[0]:g}, {PET_WINDOW[1]:g}] -> [0, 1], clip",
             ],
             "window": list(PET_WINDOW),
+            "drawn": list(DRAWN["pet"]),
             "depth": DEPTH,
             "size": SLICE_SIZE,
         },
@@ -75,10 +90,27 @@ def resize_2d(image: np.ndarray, size: int) -> np.ndarray:
     return t[0, 0].numpy()
 
 
-def resize_3d(volume: np.ndarray, depth: int, size: int) -> np.ndarray:
+def resize_3d(volume: np.ndarray, depth: int, size: int, drawn: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Trilinear; with ``drawn`` (x, y, z: how many times finer than the grid the training volumes are) a finer
+    volume is first block-averaged to that resolution, as the runtime does
+    (``dicom_agent.inference.volume.cell_blocks``). The phantoms themselves are drawn at ``drawn``: for them this
+    is plain trilinear resampling."""
     t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
-    if t.shape[-3:] != (depth, size, size):
-        t = F.interpolate(t, size=(depth, size, size), mode="trilinear", align_corners=False)
+    shape, out = t.shape[-3:], (depth, size, size)
+    if drawn is not None:
+        per_axis = (drawn[2], drawn[1], drawn[0])
+        blocks = [max(1, int(n / m / d + 1e-6)) for n, m, d in zip(shape, out, per_axis, strict=True)]
+        if any(k > 1 for k in blocks):
+            pad = [p for n, k in reversed(list(zip(shape, blocks, strict=True))) for p in (0, -n % k)]
+            t = F.avg_pool3d(F.pad(t, pad, mode="replicate"), kernel_size=blocks)
+            # the output grid spans the unpadded extent: sample it by scale, not by the padded size
+            scale = [k * m / n for n, k, m in zip(shape, blocks, out, strict=True)]
+            t = F.interpolate(
+                t, scale_factor=scale, mode="trilinear", align_corners=False, recompute_scale_factor=False
+            )
+            return t[0, 0, :depth, :size, :size].numpy()
+    if shape != out:
+        t = F.interpolate(t, size=out, mode="trilinear", align_corners=False)
     return t[0, 0].numpy()
 
 
@@ -94,4 +126,4 @@ def prepare_cxr(image: np.ndarray) -> np.ndarray:
 def prepare_volume(volume: np.ndarray, modality: str) -> np.ndarray:
     """Generator CT (HU) or PET (SUV) volume (D,H,W) -> model input (DEPTH,S,S) in [0,1]."""
     lo, hi = CT_WINDOW if modality == "ct" else PET_WINDOW
-    return window(resize_3d(volume, DEPTH, SLICE_SIZE), lo, hi)
+    return window(resize_3d(volume, DEPTH, SLICE_SIZE, DRAWN[modality]), lo, hi)

@@ -182,6 +182,9 @@ def evaluate(
         int, typer.Option(min=0, help="cases per modality written as DICOM and run through the adapter (text F1)")
     ] = 100,
     oor_cases: Annotated[int, typer.Option(min=0, help="out-of-range cases per modality")] = 100,
+    finer_cases: Annotated[
+        int, typer.Option(min=0, help="CT and PET cases drawn finer than the training data (thin slices)")
+    ] = 100,
     write: Annotated[bool, typer.Option(help="write the metrics into manifest.json")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write all metrics as JSON here")] = None,
 ) -> None:
@@ -190,7 +193,12 @@ def evaluate(
     from models.evaluate import EvalConfig, format_tables, run_eval
 
     cfg = EvalConfig(
-        cases=cases, oor_cases=oor_cases, vqa_cases=vqa_cases, corruptions=corruptions, report_cases=report_cases
+        cases=cases,
+        oor_cases=oor_cases,
+        finer_cases=finer_cases,
+        vqa_cases=vqa_cases,
+        corruptions=corruptions,
+        report_cases=report_cases,
     )
     metrics = run_eval(bundle, cfg)
     out(format_tables(metrics))

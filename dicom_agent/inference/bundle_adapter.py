@@ -115,6 +115,7 @@ class BundleAdapter:
                 depth=int(spec.get("depth", config["depth"])),
                 size=int(spec.get("size", config["slice_size"])),
                 keep_aspect=bool(spec.get("keep_aspect", False)),
+                drawn=_drawn(spec.get("drawn")),
             )
             low, high = spec.get("window", default_window)
             self.windows[kind] = (float(low), float(high))
@@ -582,6 +583,14 @@ class BundleAdapter:
             mask=mask,
             flags=flags or [],
         )
+
+
+def _drawn(value: Any) -> tuple[float, float, float] | None:
+    """The manifest's ``inputs.<kind>.drawn`` ([x, y, z]); bundles without it resample a series as it is."""
+    if value is None:
+        return None
+    x, y, z = (float(v) for v in value)
+    return x, y, z
 
 
 def _grid_2d(radiograph: Radiograph) -> SourceGrid | None:

@@ -5,7 +5,8 @@ C.7.6.2.1.1), never by Instance Number, and each slice keeps its SOP Instance UI
 slice's own Modality LUT (rescale), then HU for CT or SUVbw for PET (:mod:`suv`). The source stack becomes a
 SimpleITK image with its true geometry, is reoriented to the canonical LPS frame (index i → patient left,
 j → posterior, k → superior: axial slices, image left = patient right) and resampled onto the model's
-depth × size × size grid. Results on that grid go back through the same geometry: masks by nearest-neighbour
+depth × size × size grid (a series finer than the model's training volumes block-averaged to their resolution
+first). Results on that grid go back through the same geometry: masks by nearest-neighbour
 resampling onto the source grid, boxes by mapping their corners to source pixels of the right source slice.
 """
 
@@ -39,6 +40,9 @@ class VolumeGrid:
     size: int
     spacing_mm: tuple[float, float, float] | None = None  # (x, y, z)
     keep_aspect: bool = True  # False: each axis stretched to fit (a model trained "fit-to-grid")
+    # (x, y, z): how many times finer than the grid the training volumes were; a finer series is block-averaged
+    # to that first (``cell_blocks``). None: resampled as it is.
+    drawn: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -228,6 +232,26 @@ def model_grid(oriented: sitk.Image, grid: VolumeGrid) -> sitk.Image:
     return reference
 
 
+def cell_blocks(oriented: sitk.Image, reference: sitk.Image, drawn: Sequence[float]) -> tuple[int, int, int]:
+    """Per axis (x, y, z), how many source voxels to average into one before the linear resampling, so that a
+    series finer than the model's training volumes first comes to their resolution: the model spacing over the
+    source spacing, divided by how many times finer than the grid the training volumes were drawn (``drawn``),
+    rounded down. The network learnt on those volumes resampled linearly; a thin-slice series sampled directly
+    would feed it one point per cell instead, its noise undamped and a small nodule on the grid or not by where
+    it falls. A series no finer than the training volumes is left as it is."""
+    ratios = np.asarray(reference.GetSpacing(), dtype=float) / np.asarray(oriented.GetSpacing(), dtype=float)
+    x, y, z = (max(1, int(r / d + 1e-6)) for r, d in zip(ratios, drawn, strict=True))
+    return x, y, z
+
+
+def block_mean(image: sitk.Image, blocks: Sequence[int]) -> sitk.Image:
+    """``image`` with each block of ``blocks`` (x, y, z) voxels replaced by their mean, at the same physical place
+    (the far edge padded with copies of its last voxels, so nothing of the series is dropped)."""
+    pad = [-n % k for n, k in zip(image.GetSize(), blocks, strict=True)]
+    padded = sitk.ZeroFluxNeumannPad(image, [0, 0, 0], pad) if any(pad) else image
+    return sitk.BinShrink(sitk.Cast(padded, sitk.sitkFloat32), [int(k) for k in blocks])
+
+
 def load_volume(files: Sequence[Path], grid: VolumeGrid, study_uid: str | None = None) -> Volume:
     """Reads, orders, reorients (LPS) and resamples a CT/PET series onto the model grid (linear interpolation)."""
     source, refs, unit, flags = read_series(files, study_uid)
@@ -245,7 +269,12 @@ def to_model_grid(
     oriented = sitk.DICOMOrient(source, "LPS")
     reference = model_grid(oriented, grid)
     fill = CT_AIR_HU if unit == "HU" else 0.0
-    resampled = sitk.Resample(source, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
+    blocks = (1, 1, 1) if grid.drawn is None else cell_blocks(oriented, reference, grid.drawn)
+    sampled = source
+    if any(k > 1 for k in blocks):
+        log.debug("averaging %s source voxels per block before resampling", "x".join(map(str, blocks)))
+        sampled = block_mean(oriented, blocks)
+    resampled = sitk.Resample(sampled, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
     values = sitk.GetArrayFromImage(resampled).astype(np.float32)
     return Volume(
         values=values,

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
-from dicom_agent.inference.volume import VolumeGrid, boxes_from_mask, load_volume
+from dicom_agent.inference.volume import VolumeGrid, boxes_from_mask, cell_blocks, load_volume, to_model_grid
+from models.preprocess import DRAWN, resize_3d
 from tests.runtime import dicom_factory
 
 GRID = VolumeGrid(depth=24, size=64)  # z resampled 2.5 → 2.08 mm, in-plane 0.8 → 1.0 mm
 STRETCH = VolumeGrid(depth=24, size=64, keep_aspect=False)
+# trained on volumes at the grid's resolution: in-plane the series (2.0-2.5x finer) is averaged 2 x 2 first
+AVERAGED = VolumeGrid(depth=12, size=32, keep_aspect=False, drawn=(1.0, 1.0, 1.0))
 SLICES = range(8, 13)  # the cube occupies source slices 8..12 (in position order)
 ROWS, COLS = slice(20, 36), slice(30, 50)
 
@@ -40,7 +44,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
-@pytest.mark.parametrize("grid", [GRID, STRETCH], ids=["letterbox", "stretch"])
+@pytest.mark.parametrize("grid", [GRID, STRETCH, AVERAGED], ids=["letterbox", "stretch", "block-averaged"])
 @pytest.mark.parametrize(
     "orientation",
     [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0)],  # axial; and columns toward patient right, slices running feet-ward
@@ -71,6 +75,47 @@ def test_ct_cube_maps_back_to_its_source_slices_and_pixels(
         index, box = volume.box_to_source(float(k), cols[0], rows[0], cols[-1] + 1.0, rows[-1] + 1.0)
         assert SLICES.start - 1 <= index <= SLICES.stop
         assert np.allclose(box, (COLS.start, ROWS.start, COLS.stop, ROWS.stop), atol=tol_px), (box, tol_px)
+
+
+def _image(values: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Image:
+    image = sitk.GetImageFromArray(values.astype(np.float32))
+    image.SetSpacing(spacing)
+    return image
+
+
+@pytest.mark.parametrize("shape", [(64, 128, 128), (128, 256, 256), (97, 333, 290), (300, 512, 500)])
+def test_runtime_feeds_the_network_what_training_would_at_any_resolution(shape: tuple[int, int, int]) -> None:
+    """The runtime's model grid (SimpleITK, physical geometry) equals the training preprocessing
+    (``models.preprocess.resize_3d``, torch) on one volume, whether or not it is finer than the phantoms."""
+    values = np.random.default_rng(0).uniform(-1000.0, 400.0, shape).astype(np.float32)
+    grid = VolumeGrid(depth=32, size=64, keep_aspect=False, drawn=DRAWN["ct"])
+    volume = to_model_grid(_image(values, (0.7, 0.7, 1.0)), grid, "HU")
+    assert np.abs(volume.values - resize_3d(values, 32, 64, DRAWN["ct"])).max() < 0.01
+
+
+def test_a_finer_series_is_first_brought_to_the_training_resolution() -> None:
+    """A series 4x finer than the grid reaches the network as the same anatomy drawn 2x finer would (the
+    phantoms' resolution): each model voxel the mean of its cell, not one point of it."""
+    rng = np.random.default_rng(1)
+    fine = rng.normal(40.0, 30.0, (64, 128, 128)).astype(np.float32)  # thin slices: noisy
+    coarse = fine.reshape(32, 2, 64, 2, 64, 2).mean(axis=(1, 3, 5))
+    coarse_image = _image(coarse, (1.4, 1.4, 2.0))
+    coarse_image.SetOrigin((0.35, 0.35, 0.5))  # the centre of each 2 x 2 x 2 block of the fine voxels
+    grid = VolumeGrid(depth=16, size=32, keep_aspect=False, drawn=(2.0, 2.0, 2.0))
+    fine_image = _image(fine, (0.7, 0.7, 1.0))
+    averaged = to_model_grid(fine_image, grid, "HU").values
+    assert np.allclose(averaged, to_model_grid(coarse_image, grid, "HU").values, atol=1e-3)
+    sampled = to_model_grid(fine_image, VolumeGrid(depth=16, size=32, keep_aspect=False), "HU").values
+    assert averaged.std() < 0.6 * sampled.std()  # sampled directly, the thin-slice noise reaches the network
+
+
+def test_cell_blocks_stop_at_the_training_resolution() -> None:
+    thin = _image(np.zeros((300, 512, 512)), (0.7, 0.7, 1.0))  # a thin-slice chest CT
+    reference = to_model_grid(thin, VolumeGrid(32, 64, keep_aspect=False), "HU").model
+    assert cell_blocks(thin, reference, DRAWN["ct"]) == (4, 4, 4)  # 8x, 8x, 9.4x the grid; trained at 2x
+    pet = _image(np.zeros((96, 128, 128)), (4.0, 4.0, 8.0))  # the PET phantoms' own resolution
+    reference = to_model_grid(pet, VolumeGrid(32, 64, keep_aspect=False), "SUV").model
+    assert cell_blocks(pet, reference, DRAWN["pet"]) == (1, 1, 1)
 
 
 def test_boxes_from_source_mask_are_per_slice_bounding_boxes() -> None:
