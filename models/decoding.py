@@ -45,12 +45,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dicom_agent.inference.onnx_runner import DELINEATION_REACH
+from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate, fluid_only
 from models.dataset import Sample, make_samples
 from models.evaluate import decode, dice, raw_outputs, structured_metrics
 from models.labels import KINDS, LABEL_KEYS, label_mask
@@ -65,6 +66,10 @@ MASK_MARGIN = 0.01  # mean Dice a threshold must gain over the default to replac
 MASK_MIN_DICE = 0.1  # below this at every level the masks miss the finding: no threshold is worth choosing
 SIDE_MIN_PRECISION = 0.75  # a non-focal label states a side only if 3 in 4 of its validation sides were right
 DELINEATION_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
+# labels that are fluid by definition, on the kinds whose input intensity is density (CT HU), and the model-input
+# levels below which their masks' voxels may be taken for aerated lung (0.3-0.6 of the -1000..400 HU window)
+FLUID_LABELS = {"ct": ("pleural_effusion",)}
+FLUID_LEVELS = (0.3, 0.4, 0.5, 0.6)
 BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
 SIZE_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -132,11 +137,36 @@ def choose_delineation(
     """Per focal label of the samples' kind: the level of ``DELINEATION_LEVELS`` whose delineated masks have the
     best mean Dice over the cases showing the label, kept only when it beats the network's masks (at the runner's
     thresholds) by ``MASK_MARGIN``. Returns (chosen, mean Dice per level and label; "mask" = the network's)."""
-    from dicom_agent.inference.onnx_runner import delineate
-
     kind = samples[0].kind
-    axis = 0 if kind == "cxr" else 1
     keys = [(li, key) for li, key in enumerate(LABEL_KEYS) if label_mask(kind)[li] and LABELS[key].focal]
+    return _choose_redrawing(runner, samples, raws, keys, DELINEATION_LEVELS, delineate, "delineation")
+
+
+def choose_fluid(
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Per fluid label of the samples' kind (``FLUID_LABELS``): the level of ``FLUID_LEVELS`` whose
+    :func:`~dicom_agent.inference.onnx_runner.fluid_only` masks have the best mean Dice over the cases showing the
+    label, kept only when it beats the masks as drawn by ``MASK_MARGIN``. Returns (chosen, mean Dice per level
+    and label; "mask" = as drawn)."""
+    keys = [(LABEL_KEYS.index(key), key) for key in FLUID_LABELS.get(samples[0].kind, ())]
+    return _choose_redrawing(runner, samples, raws, keys, FLUID_LEVELS, fluid_only, "fluid") if keys else ({}, {})
+
+
+def _choose_redrawing(
+    runner: Any,
+    samples: list[Sample],
+    raws: list[dict[str, Any]],
+    keys: list[tuple[int, str]],
+    levels: tuple[float, ...],
+    redraw: Callable[[np.ndarray, np.ndarray, float], np.ndarray],
+    what: str,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Per label of ``keys`` ((index, key)): the level at which ``redraw(model input, mask, level)`` gives the best
+    mean Dice over the cases showing the label, kept only where it beats the network's masks (at the runner's
+    thresholds) by ``MASK_MARGIN``. Returns (chosen, mean Dice per level and label; "mask" = the network's)."""
+    kind = samples[0].kind
+    axis = 0 if kind == "cxr" else 1  # label axis of the raw segmentation: (L,S,S) or (D,L,s,s)
     scores: dict[str, list[list[float]]] = {key: [] for _, key in keys}
     for sample, raw in zip(samples, raws, strict=True):
         masks = runner.binarize(kind, raw["seg"], axis)
@@ -145,17 +175,17 @@ def choose_delineation(
             if not truth.any():
                 continue
             mask = np.take(masks, li, axis=axis)
-            drawn = [delineate(raw["image"], mask, level) for level in DELINEATION_LEVELS]
-            scores[key].append([dice(m, truth) for m in (mask, *drawn)])
+            redrawn = [redraw(raw["image"], mask, level) for level in levels]
+            scores[key].append([dice(m, truth) for m in (mask, *redrawn)])
     chosen: dict[str, float] = {}
     table: dict[str, dict[str, float]] = {}
-    names = ["mask", *(f"{level:g}" for level in DELINEATION_LEVELS)]
+    names = ["mask", *(f"{level:g}" for level in levels)]
     for key, (mean, row) in _mean_dice(scores, names).items():
         table[key] = row
         best = int(np.argmax(mean[1:]))
         if mean[1 + best] > mean[0] + MASK_MARGIN:
-            chosen[key] = DELINEATION_LEVELS[best]
-        log.info("delineation %s %s: Dice %.3f at %s (mask %.3f)", kind, key, mean[1 + best], names[1 + best], mean[0])
+            chosen[key] = levels[best]
+        log.info("%s %s %s: Dice %.3f at %s (mask %.3f)", what, kind, key, mean[1 + best], names[1 + best], mean[0])
     return chosen, table
 
 
@@ -217,25 +247,27 @@ def choose_thresholds(kind: str, samples: list[Sample], raws: list[dict[str, Any
 
 def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     """The manifest's ``decoding`` choices for ``bundle``, measured on ``cases`` validation phantoms per kind
-    (the graphs run once per case): ``thresholds``, ``mask_thresholds``, ``delineation``, ``box_source``,
-    ``unsided`` and, under ``calibration``, the Dice and side-precision tables behind them."""
+    (the graphs run once per case): ``thresholds``, ``mask_thresholds``, ``delineation``, ``fluid``,
+    ``box_source``, ``unsided`` and, under ``calibration``, the Dice and side-precision tables behind them."""
     from dicom_agent.inference.onnx_runner import BundleRunner
     from models.train import available_kinds
 
     runner = BundleRunner(bundle, device="cpu")
     # from the defaults, not a previous run
     runner.thresholds, runner.mask_thresholds, runner.box_source = {}, {}, {}
-    runner.unsided, runner.delineation = {}, {}
+    runner.unsided, runner.delineation, runner.fluid = {}, {}, {}
     out: dict[str, Any] = {
         "thresholds": {},
         "mask_thresholds": {},
         "delineation": {},
+        "fluid": {},
         "box_source": {},
         "unsided": {},
         "calibration": {"cases": cases, "seed": seed},
     }
     dice_table: dict[str, Any] = {}
     outline_table: dict[str, Any] = {}
+    fluid_table: dict[str, Any] = {}
     side_table: dict[str, Any] = {}
     for kind in [k for k in KINDS if k in available_kinds()]:
         samples = make_samples(kind, cases, seed)
@@ -249,6 +281,10 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
         if fractions:
             out["delineation"][kind] = fractions
             runner.delineation[kind] = fractions
+        if kind in FLUID_LABELS:
+            levels, fluid_table[kind] = choose_fluid(runner, samples, raws)
+            if levels:
+                out["fluid"][kind] = runner.fluid[kind] = levels
         sources = choose_box_sources(runner, samples, raws)
         if sources:
             out["box_source"][kind] = sources
@@ -258,6 +294,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
         del raws  # one kind's raw outputs at a time (300 volumes: 1.4 GB)
     out["calibration"]["mask_dice"] = dice_table
     out["calibration"]["delineation_dice"] = outline_table
+    out["calibration"]["fluid_dice"] = fluid_table
     out["calibration"]["side_precision"] = side_table
     return out
 

@@ -40,6 +40,7 @@ YES = set(ANSWER_YES.values())
 NO = set(ANSWER_NO.values())
 
 
+EVAL_KINDS = ("cxr", "ct", "pet")
 # Volumes drawn finer than the training data (x 2 in-plane; CT slices 2.5 instead of 5 mm, PET 4 instead of 8 mm),
 # as thin-slice acquisitions are: the runtime brings them to the training resolution first (``volume.cell_blocks``)
 FINER = {"ct": (256, 128), "pet": (256, 192)}
@@ -53,7 +54,7 @@ class EvalConfig:
     vqa_cases: int = 100
     corruptions: bool = True
     report_cases: int = 0  # cases per modality written as DICOM and run through the adapter (rendered text)
-    kinds: tuple[str, ...] = ("cxr", "ct", "pet")
+    kinds: tuple[str, ...] = EVAL_KINDS
     seed: int = EVAL_SEED
 
 
@@ -547,7 +548,6 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
     from models.train import available_kinds
 
     runner = BundleRunner(bundle, device="cpu")
-    rng = np.random.default_rng(cfg.seed)
     result: dict[str, Any] = {
         "held_out_seed_start": cfg.seed,
         "bundle_sha256": runner.bundle_sha256,
@@ -567,6 +567,8 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
             fine = make_samples(kind, cfg.finer_cases, cfg.seed, size=size, depth=depth)
             m["finer"] = structured_metrics(fine, run_bundle(runner, fine), thresholds) | {"drawn": [size, depth]}
         if cfg.corruptions:
+            # one noise stream per kind: a kind's figures do not depend on which kinds ran before it
+            rng = np.random.default_rng([cfg.seed, EVAL_KINDS.index(kind)])
             base = np.stack([s.image.astype(np.float32) for s in samples])
             m["corruptions"] = {}
             for name in ("noise", "blur", "contrast"):

@@ -503,12 +503,12 @@ class BundleAdapter:
         """As :meth:`_sided_2d`, on the volume's grid."""
         uid = volume.slices[0].series_instance_uid
         if spec.key in self.runner.unsided.get(kind, ()):
-            source = volume.mask_to_source(label_mask)
+            source = self._fluid_on_source(kind, spec.key, volume, volume.mask_to_source(label_mask))
             mask = Mask(uid, list(volume.slices), source) if source.any() else None
             return [self._finding(spec, probability, mask=mask)]
         out = []
         for side, part in _sides(label_mask, volume.values.shape[2] / 2):
-            source = volume.mask_to_source(part)
+            source = self._fluid_on_source(kind, spec.key, volume, volume.mask_to_source(part))
             if not source.any():
                 continue
             out.append(
@@ -521,6 +521,17 @@ class BundleAdapter:
                 )
             )
         return out or [self._finding(spec, probability)]
+
+    def _fluid_on_source(self, kind: str, key: str, volume: Volume, source: np.ndarray) -> np.ndarray:
+        """A fluid label's mask mapped to the source grid, kept to the acquired voxels at its fluid level
+        (``decoding.fluid``, as ``onnx_runner.fluid_only`` does on the model grid), so the SEG stops at the
+        fluid's edge at the series' own resolution instead of the model grid's steps onto aerated lung."""
+        level = self.runner.fluid.get(kind, {}).get(key)
+        if level is None or volume.unit != "HU":
+            return source
+        low, high = self.windows[kind]
+        dense = source & (sitk.GetArrayViewFromImage(volume.source) >= low + level * (high - low))
+        return dense if dense.any() else source
 
     # ---- shared --------------------------------------------------------------------------------------------
     def measurement_grid(self, item: ModelInput) -> SourceGrid | None:

@@ -260,6 +260,17 @@ def delineate(image: np.ndarray, mask: np.ndarray, fraction: float, reach: int =
     return out
 
 
+def fluid_only(image: np.ndarray, mask: np.ndarray, level: float) -> np.ndarray:
+    """A fluid finding's ``mask`` (a CT pleural effusion) without the voxels of the model input ``image`` below
+    ``level``: fluid is water-dense, and a mask that runs onto aerated lung (−850 HU) past the fluid's edge is
+    wrong there. Chest wall and collapsed lung are as dense as fluid and stay. A connected part with no voxel at
+    the level is kept as drawn, so the rule never removes a finding."""
+    dense = mask & (image >= level)
+    labels = mask_components(mask)
+    undense = mask & ~np.isin(labels, np.unique(labels[dense]))
+    return dense | undense
+
+
 def _not_wrapped(shape: tuple[int, ...], axis: int, step: int) -> np.ndarray:
     """False on the edge ``np.roll`` wrapped around to (so growth never jumps across the image)."""
     keep = np.ones(shape[axis], bool)
@@ -383,6 +394,12 @@ class BundleRunner:
             kind: {key: float(f) for key, f in per_label.items()}
             for kind, per_label in decoding.get("delineation", {}).items()
         }
+        # per (kind, fluid label), the model-input level below which its mask's voxels are aerated lung, not fluid
+        # (``fluid_only``), chosen by Dice on validation phantoms; labels not listed keep their mask
+        self.fluid: dict[str, dict[str, float]] = {
+            kind: {key: float(level) for key, level in per_label.items()}
+            for kind, per_label in decoding.get("fluid", {}).items()
+        }
         # per (kind, round focal label), the fraction at which a lesion is outlined on the source grid to measure
         # its equivalent diameter (``inference.measure``), chosen on validation phantoms; labels not listed are
         # measured on the model grid
@@ -438,14 +455,18 @@ class BundleRunner:
 
     def outline(self, kind: str, masks: np.ndarray, image: np.ndarray, axis: int) -> np.ndarray:
         """``masks`` (label axis ``axis``) with each label of ``decoding.delineation`` redrawn by
-        :func:`delineate` from the model input ``image`` (the masks' shape without the label axis)."""
-        fractions = self.delineation.get(kind, {})
-        if not fractions:
+        :func:`delineate` from the model input ``image`` (the masks' shape without the label axis), and each label
+        of ``decoding.fluid`` kept to its fluid-dense voxels (:func:`fluid_only`)."""
+        fractions, fluid = self.delineation.get(kind, {}), self.fluid.get(kind, {})
+        if not fractions and not fluid:
             return masks
         out = masks.copy()
         for key, fraction in fractions.items():
             part = _label_slot(masks.ndim, axis, self.label_keys.index(key))
             out[part] = delineate(image, masks[part], fraction)
+        for key, level in fluid.items():
+            part = _label_slot(masks.ndim, axis, self.label_keys.index(key))
+            out[part] = fluid_only(image, out[part], level)
         return out
 
     def binarize(self, kind: str, seg: np.ndarray, axis: int, level: float | None = None) -> np.ndarray:

@@ -66,6 +66,7 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     assert runner.thresholds == decoding["thresholds"] and set(decoding["thresholds"]) == {"cxr", "ct", "pet"}
     assert set(decoding["calibration"]["delineation_dice"]) == {"cxr", "ct", "pet"}
     assert runner.delineation == decoding["delineation"]
+    assert set(decoding["calibration"]["fluid_dice"]) == {"ct"} and runner.fluid == decoding["fluid"]
     # the size levels were measured through the adapter (too few smoke cases to choose one: none is)
     assert set(decoding["calibration"]["size_exact"]) == {"cxr", "ct", "pet"}
     assert runner.size_fraction == decoding.get("size_fraction", {}) == {}
@@ -207,3 +208,37 @@ def test_the_shipped_bundle_decides_presence_per_kind_as_calibrated() -> None:
     assert set(decoding["thresholds"]) == {"cxr", "ct", "pet"}
     for kind, levels in decoding["thresholds"].items():
         assert levels and all(runner.threshold_of(kind, key) == level for key, level in levels.items())
+
+
+def test_fluid_masks_drop_the_aerated_lung_they_spill_onto() -> None:
+    """CT effusion masks that run onto aerated lung past the fluid: keeping their fluid-dense voxels is chosen
+    (every level between lung and fluid does it; the lowest is taken). Radiographs are not density images."""
+    from models.decoding import choose_fluid
+
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    effusion = LABEL_KEYS.index("pleural_effusion")
+    samples, raws = [], []
+    for i in range(MASK_MIN_CASES + 1):
+        image = np.full((4, 32, 32), 0.1, np.float32)  # lung
+        image[:, 20 + i % 3 : 26] = 0.72  # fluid, thinner or thicker
+        cls = np.zeros(image.shape, np.uint8)
+        cls[:, 20 + i % 3 : 26, 4:28] = effusion + 1
+        seg = np.zeros((4, len(LABEL_KEYS), 32, 32), np.float32)
+        seg[:, effusion, 16:26, 4:28] = 0.9  # from 4-6 rows above the fluid
+        present = np.zeros(len(LABEL_KEYS), np.float32)
+        present[effusion] = 1.0
+        samples.append(Sample("ct", i, image.astype(np.float16), cls, present, [], {}, []))
+        raws.append({"seg": seg, "image": image})
+    chosen, table = choose_fluid(runner, samples, raws)
+    assert chosen == {"pleural_effusion": 0.3}
+    assert table["pleural_effusion"]["0.3"] == 1.0 > 0.9 > table["pleural_effusion"]["mask"]
+    cxr = [Sample("cxr", 0, np.zeros((32, 64), np.float16), np.zeros((32, 64), np.uint8), present, [], {}, [])]
+    assert choose_fluid(runner, cxr, [{"seg": np.zeros((len(LABEL_KEYS), 32, 64), np.float32)}]) == ({}, {})
+
+
+def test_the_shipped_bundle_keeps_ct_effusions_to_the_fluid_as_calibrated() -> None:
+    decoding = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))["decoding"]
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    assert runner.fluid == decoding["fluid"] == {"ct": {"pleural_effusion": 0.4}}
+    table = decoding["calibration"]["fluid_dice"]["ct"]["pleural_effusion"]
+    assert table["0.4"] == max(table.values()) > table["mask"] + 0.01

@@ -12,6 +12,7 @@ from dicom_agent.inference.onnx_runner import (
     BundleRunner,
     DetectedBox,
     delineate,
+    fluid_only,
     grow_from_seeds,
     label_share,
     mask_component_boxes,
@@ -227,12 +228,46 @@ def test_the_runner_outlines_only_the_labels_the_manifest_names() -> None:
     image = (0.05 + _bump(shape, (4, 10, 10), 4.0, 0.9)).astype(np.float32)
     masks = np.zeros((shape[0], len(keys), *shape[1:]), bool)  # (D,L,s,s)
     masks[3:6, :, 8:13, 8:13] = True
-    runner.delineation = {"pet": {"hypermetabolic_lesion": 0.5}}
+    runner.delineation, runner.fluid = {"pet": {"hypermetabolic_lesion": 0.5}}, {}
     out = runner.outline("pet", masks, image, axis=1)
     lesion = keys.index("hypermetabolic_lesion")
     assert out[:, lesion].sum() > masks[:, lesion].sum()
     assert all((out[:, li] == masks[:, li]).all() for li in range(len(keys)) if li != lesion)
     assert runner.outline("ct", masks, image, axis=1) is masks  # nothing named for CT
+
+
+def _effusion_slab(shape: tuple[int, int, int]) -> np.ndarray:
+    """A CT model input: aerated lung (0.1, about -850 HU), a posterior layer of fluid (0.72) on the chest wall
+    (0.74, soft tissue)."""
+    image = np.full(shape, 0.1, np.float32)
+    image[:, 20:26] = 0.72
+    image[:, 26:] = 0.74
+    return image
+
+
+def test_a_fluid_mask_keeps_to_the_fluid_and_never_loses_a_finding() -> None:
+    image = _effusion_slab((4, 32, 32))
+    mask = np.zeros(image.shape, bool)
+    mask[:, 17:28, 4:28] = True  # runs 3 rows onto the lung and 2 into the wall
+    mask[1:3, 2:4, 2:4] = True  # a part lying on lung alone
+    kept = fluid_only(image, mask, 0.4)
+    assert not kept[:, 17:20, 4:28].any() and kept[:, 20:28, 4:28].all()  # lung gone; fluid and wall stay
+    assert kept[1:3, 2:4, 2:4].all()  # no voxel of it is dense: kept as drawn
+    assert (fluid_only(image, mask, 0.8) == mask).all()  # nothing that dense: nothing removed
+
+
+def test_the_runner_keeps_only_the_fluid_labels_the_manifest_names_to_the_fluid() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    image = _effusion_slab((4, 32, 32))
+    masks = np.zeros((4, len(keys), 32, 32), bool)  # (D,L,s,s)
+    masks[:, :, 17:28, 4:28] = True
+    runner.delineation, runner.fluid = {}, {"ct": {"pleural_effusion": 0.4}}
+    out = runner.outline("ct", masks, image, axis=1)
+    effusion = keys.index("pleural_effusion")
+    assert not out[:, effusion, 17:20].any() and out[:, effusion, 20:28, 4:28].all()
+    assert all((out[:, li] == masks[:, li]).all() for li in range(len(keys)) if li != effusion)
+    assert runner.outline("pet", masks, image, axis=1) is masks  # nothing named for PET
 
 
 def test_a_label_trained_without_masks_gets_no_mask_and_no_side(tmp_path: Path) -> None:
