@@ -28,16 +28,29 @@ app = typer.Typer(help="Synthetic studies with known ground truth.", no_args_is_
 
 
 def make_samples(
-    out_dir: Path, kinds: tuple[str, ...] = KINDS, seed: int | None = None, transfer_syntax: str | None = None
+    out_dir: Path,
+    kinds: tuple[str, ...] = KINDS,
+    seed: int | None = None,
+    transfer_syntax: str | None = None,
+    size: int | None = None,
+    depth: int | None = None,
 ) -> list[Path]:
-    """Write one study per kind into ``out_dir/<kind>/``; returns the study folders."""
+    """Write one study per kind into ``out_dir/<kind>/``; returns the study folders. ``size`` and ``depth``
+    replace the committed samples' pixels per side and (CT, PET) slice count, a thin-slice CT for instance. The
+    seed's anatomy stays; its lesions are drawn anew at that resolution, so they differ from the committed
+    sample's (ground_truth.json says what they are)."""
     from models.synthetic import make_case
     from models.synthetic.dicom_writer import write_case
 
     written = []
     for kind in kinds:
-        default_seed, size, depth, syntax = SAMPLE_SPECS[kind]
-        case = make_case(kind, default_seed if seed is None else seed, size=size, depth=depth)
+        default_seed, default_size, default_depth, syntax = SAMPLE_SPECS[kind]
+        case = make_case(
+            kind,
+            default_seed if seed is None else seed,
+            size=size or default_size,
+            depth=(depth or default_depth) if kind != "cxr" else None,
+        )
         study = write_case(case, out_dir / kind, transfer_syntax=transfer_syntax or syntax)
         written.append(study.directory)
     return written
@@ -54,8 +67,15 @@ def make(
             "--transfer-syntax", help="explicit, rle, jpeg2000 or jpegls (lossless; default: as the committed samples)."
         ),
     ] = None,
+    size: Annotated[
+        int | None, typer.Option(min=64, max=1024, help="Pixels per side (default: as the committed samples).")
+    ] = None,
+    depth: Annotated[
+        int | None, typer.Option(min=16, max=512, help="CT/PET slices (default: as the committed samples).")
+    ] = None,
 ) -> None:
-    """Write synthetic DICOM studies and their ground truth (ground_truth.json, mask.npy.gz)."""
+    """Write synthetic DICOM studies and their ground truth (ground_truth.json, mask.npy.gz); ``--size 512
+    --depth 256 --kind ct`` writes a thin-slice chest CT (0.68 mm pixels, 1.25 mm slices)."""
     if kind != "all" and kind not in KINDS:
         fail(f"unknown kind {kind!r}: expected cxr, ct, pet or all")
     if transfer_syntax is not None and transfer_syntax not in TRANSFER_SYNTAXES:
@@ -64,7 +84,7 @@ def make(
         fail("seed must be >= 0")
     kinds = KINDS if kind == "all" else (kind,)
     try:
-        folders = make_samples(out_dir, kinds, seed, transfer_syntax)
+        folders = make_samples(out_dir, kinds, seed, transfer_syntax, size, depth)
     except OSError as exc:
         fail(f"cannot write samples to {out_dir}: {exc.strerror or exc}")
     for folder in folders:

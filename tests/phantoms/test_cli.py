@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
@@ -31,6 +32,20 @@ def test_make_one_kind_with_a_seed(tmp_path: Path) -> None:
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless == truth["transfer_syntax"]
     assert ds.pixel_array.shape == tuple(truth["shape"])
     assert "1 instance(s)" in proc.stdout
+
+
+def test_make_a_finer_ct(tmp_path: Path) -> None:
+    """The committed CT's seed at 2x its in-plane pixels and slices, as a thin-slice acquisition sends it."""
+    proc = _cli("make", str(tmp_path), "--kind", "ct", "--size", "512", "--depth", "128")
+    assert proc.returncode == 0, proc.stderr
+    truth = json.loads((tmp_path / "ct" / "ground_truth.json").read_text("utf-8"))
+    committed = json.loads((SAMPLES / "ct" / "ground_truth.json").read_text("utf-8"))
+    assert truth["shape"] == [128, 512, 512] and committed["shape"] == [64, 256, 256]
+    assert "128 instance(s)" in proc.stdout
+    ds = pydicom.dcmread(tmp_path / "ct" / "IM0001.dcm", stop_before_pixels=True)
+    assert float(ds.PixelSpacing[0]) == pytest.approx(350.0 / 512) and float(ds.SliceThickness) == pytest.approx(2.5)
+    proc = _cli("make", str(tmp_path / "x"), "--kind", "ct", "--size", "8")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
 
 
 def test_bad_arguments_fail_with_one_clear_line(tmp_path: Path) -> None:
