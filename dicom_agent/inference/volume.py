@@ -247,9 +247,11 @@ def cell_blocks(oriented: sitk.Image, reference: sitk.Image, drawn: Sequence[flo
 def block_mean(image: sitk.Image, blocks: Sequence[int]) -> sitk.Image:
     """``image`` with each block of ``blocks`` (x, y, z) voxels replaced by their mean, at the same physical place
     (the far edge padded with copies of its last voxels, so nothing of the series is dropped)."""
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
     pad = [-n % k for n, k in zip(image.GetSize(), blocks, strict=True)]
     padded = sitk.ZeroFluxNeumannPad(image, [0, 0, 0], pad) if any(pad) else image
-    return sitk.BinShrink(sitk.Cast(padded, sitk.sitkFloat32), [int(k) for k in blocks])
+    return sitk.BinShrink(padded, [int(k) for k in blocks])
 
 
 def load_volume(files: Sequence[Path], grid: VolumeGrid, study_uid: str | None = None) -> Volume:
