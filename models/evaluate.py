@@ -29,7 +29,7 @@ from dicom_agent.inference.agreement import YES as ANSWER_YES
 from dicom_agent.inference.agreement import largest_located, normalize_answer
 from models.dataset import Batch, Sample, collate, make_samples
 from models.export import write_manifest
-from models.labels import LABEL_KEYS, label_mask
+from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.network import UnifiedModel
 from models.synthetic.text import mm
 
@@ -40,7 +40,6 @@ YES = set(ANSWER_YES.values())
 NO = set(ANSWER_NO.values())
 
 
-EVAL_KINDS = ("cxr", "ct", "pet")
 # Volumes drawn finer than the training data (x 2 in-plane; CT slices 2.5 instead of 5 mm, PET 4 instead of 8 mm),
 # as thin-slice acquisitions are: the runtime brings them to the training resolution first (``volume.cell_blocks``)
 FINER = {"ct": (256, 128), "pet": (256, 192)}
@@ -54,7 +53,7 @@ class EvalConfig:
     vqa_cases: int = 100
     corruptions: bool = True
     report_cases: int = 0  # cases per modality written as DICOM and run through the adapter (rendered text)
-    kinds: tuple[str, ...] = EVAL_KINDS
+    kinds: tuple[str, ...] = KINDS
     seed: int = EVAL_SEED
 
 
@@ -568,7 +567,7 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
             m["finer"] = structured_metrics(fine, run_bundle(runner, fine), thresholds) | {"drawn": [size, depth]}
         if cfg.corruptions:
             # one noise stream per kind: a kind's figures do not depend on which kinds ran before it
-            rng = np.random.default_rng([cfg.seed, EVAL_KINDS.index(kind)])
+            rng = np.random.default_rng([cfg.seed, KINDS.index(kind)])
             base = np.stack([s.image.astype(np.float32) for s in samples])
             m["corruptions"] = {}
             for name in ("noise", "blur", "contrast"):
