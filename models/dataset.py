@@ -39,14 +39,14 @@ class Sample:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _resize_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Area-style resize of a binary mask (2D or 3D) with a 0.5 cut; tiny lesions keep at least their peak."""
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+def _resize_mask(mask: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Area-style resize of a binary mask (2D or 3D: as its image is) with a 0.5 cut; tiny lesions keep at least
+    their peak."""
     if mask.ndim == 2:
-        r = F.interpolate(t, size=shape, mode="bilinear", antialias=True, align_corners=False)
+        t = torch.from_numpy(mask.astype(np.float32))[None, None]
+        arr = F.interpolate(t, size=shape, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
     else:
-        r = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
-    arr = r[0, 0].numpy()
+        arr = preprocess.resize_3d(mask.astype(np.float32), shape[0], shape[1], preprocess.DRAWN[kind])
     out = arr >= 0.5
     if not out.any() and arr.max() > 0.05:
         out = arr >= 0.5 * arr.max()
@@ -77,7 +77,7 @@ def sample_from_case(case: Case) -> Sample:
         li = LABEL_INDEX[lesion.label]
         lm = case.mask == i + 1
         if lm.any():
-            small = _resize_mask(lm, shape)
+            small = _resize_mask(lm, shape, case.kind)
             cls[small & (cls == 0)] = li + 1
         else:
             small = np.zeros(shape, bool)

@@ -16,15 +16,17 @@ DEPTH = 32
 CT_WINDOW = (-1000.0, 400.0)  # HU -> [0,1]: lung + soft tissue in one channel
 PET_WINDOW = (0.0, 10.0)  # SUV -> [0,1]
 CXR_PERCENTILES = (0.5, 99.5)
-# (x, y, z): how many times finer than the model grid the training volumes are drawn (the generators' default
-# sizes over SLICE_SIZE and DEPTH); the runtime first block-averages a finer series to this resolution
-DRAWN = {"ct": (2.0, 2.0, 2.0), "pet": (2.0, 2.0, 3.0)}
+# (x, y, z): how many times finer than the model grid a volume may be when the linear resampling starts; a finer
+# one is first block-averaged to this resolution, in training and (via the manifest) at run time. The CT phantoms
+# are drawn at it; PET phantoms are drawn 3x finer in z (96 slices of 8 mm) and their slices averaged in threes,
+# since linear resampling at exactly 3x takes every third slice and averages nothing
+DRAWN = {"ct": (2.0, 2.0, 2.0), "pet": (2.0, 2.0, 1.0)}
 
 
 def _cell_mean(kind: str) -> str:
     x, y, z = DRAWN[kind]
     return (
-        f"; a series finer than {x:g} x {y:g} x {z:g} times the grid (x, y, z: the training volumes' resolution) "
+        f"; a series finer than {x:g} x {y:g} x {z:g} times the grid (x, y, z; as training does) "
         "first brought to it by averaging blocks of whole voxels per axis"
     )
 
