@@ -83,14 +83,26 @@ def _image(values: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Imag
     return image
 
 
-@pytest.mark.parametrize("shape", [(64, 128, 128), (128, 256, 256), (97, 333, 290), (300, 512, 500)])
-def test_runtime_feeds_the_network_what_training_would_at_any_resolution(shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [
+        ("ct", (64, 128, 128)),
+        ("ct", (128, 256, 256)),
+        ("ct", (97, 333, 290)),
+        ("ct", (300, 512, 500)),
+        ("pet", (96, 128, 128)),  # the PET phantoms: 8 mm slices averaged in threes
+        ("pet", (100, 200, 200)),
+    ],
+)
+def test_runtime_feeds_the_network_what_training_would_at_any_resolution(
+    kind: str, shape: tuple[int, int, int]
+) -> None:
     """The runtime's model grid (SimpleITK, physical geometry) equals the training preprocessing
     (``models.preprocess.resize_3d``, torch) on one volume, whether or not it is finer than the phantoms."""
     values = np.random.default_rng(0).uniform(-1000.0, 400.0, shape).astype(np.float32)
-    grid = VolumeGrid(depth=32, size=64, keep_aspect=False, drawn=DRAWN["ct"])
+    grid = VolumeGrid(depth=32, size=64, keep_aspect=False, drawn=DRAWN[kind])
     volume = to_model_grid(_image(values, (0.7, 0.7, 1.0)), grid, "HU")
-    assert np.abs(volume.values - resize_3d(values, 32, 64, DRAWN["ct"])).max() < 0.01
+    assert np.abs(volume.values - resize_3d(values, 32, 64, DRAWN[kind])).max() < 0.01
 
 
 def test_a_finer_series_is_first_brought_to_the_training_resolution() -> None:
