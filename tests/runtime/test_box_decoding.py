@@ -189,6 +189,25 @@ def test_components_are_face_connected_in_volumes_too() -> None:
     assert len(np.unique(lab[mask])) == 3 and (lab[~mask] == 0).all()
 
 
+def test_components_equal_simpleitks_on_winding_and_random_masks() -> None:
+    """The same partition as SimpleITK's face-connected labelling, on a serpentine (a component whose span is the
+    whole path: the case pointer jumping is for) and on random masks of both ranks."""
+    import SimpleITK as sitk
+
+    serpentine = np.zeros((40, 40), bool)
+    serpentine[::4] = True
+    serpentine[1::8, -1] = serpentine[2::8, -1] = serpentine[3::8, -1] = True
+    serpentine[5::8, 0] = serpentine[6::8, 0] = serpentine[7::8, 0] = True
+    rng = np.random.default_rng(3)
+    for mask in (serpentine, rng.random((50, 50)) > 0.45, rng.random((12, 30, 30)) > 0.55):
+        ours = mask_components(mask)
+        ref = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), False))
+        pairs = {(a, b) for a, b in zip(ours[mask].tolist(), ref[mask].tolist(), strict=True)}
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})  # one-to-one
+        assert (ours[~mask] == 0).all()
+    assert len(np.unique(mask_components(serpentine)[serpentine])) == 1
+
+
 def _bump(shape: tuple[int, ...], centre: tuple[int, ...], radius: float, peak: float) -> np.ndarray:
     """A lesion drawn as the phantoms draw PET lesions: peak * (1 - d^2 / 2r^2) inside, half the peak at the edge."""
     d2 = sum(
