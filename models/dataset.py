@@ -40,13 +40,13 @@ class Sample:
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
-    """Area-style resize of a binary mask (2D or 3D: as its image is) with a 0.5 cut; tiny lesions keep at least
-    their peak."""
+    """Area-style resize of a binary mask (2D or 3D) by its image's own resize, with a 0.5 cut; tiny lesions keep at
+    least their peak."""
+    values = mask.astype(np.float32)
     if mask.ndim == 2:
-        t = torch.from_numpy(mask.astype(np.float32))[None, None]
-        arr = F.interpolate(t, size=shape, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+        arr = preprocess.resize_2d(values, shape[0])
     else:
-        arr = preprocess.resize_3d(mask.astype(np.float32), shape[0], shape[1], preprocess.DRAWN[kind])
+        arr = preprocess.resize_3d(values, shape[0], shape[1], preprocess.DRAWN[kind])
     out = arr >= 0.5
     if not out.any() and arr.max() > 0.05:
         out = arr >= 0.5 * arr.max()
