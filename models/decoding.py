@@ -16,6 +16,11 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   0.803 -> 0.872 (0.7) and masses 0.871 -> 0.904 (0.6). The phantoms draw a lesion as a
   smooth bump whose edge lies near half its peak (PET lesions exactly at half), so the rule suits them by
   construction; on real images it is the clinical convention, not a guarantee.
+- ``fluid`` and ``fluid_band``: per fluid label (the CT pleural effusion), the model-input level below which its
+  mask's voxels are aerated lung (session 23), then the water-density band within which it is kept (voxels denser
+  than it leave the mask, water-dense ones beside it join: ``onnx_runner.fluid_only``), each where it gains
+  ``MASK_MARGIN`` mean Dice. Bundle 0.12.0, 300 validation CTs: the level alone 0.573, within water ± 30 HU 0.738
+  (the masks strayed onto the chest wall, 40 HU in the phantoms, and short of the fluid, 10 HU).
 - ``box_source``: per kind and focal label, "mask" where boxes from the segmentation's components (as masked
   above) reach a higher AP@0.5 than the CenterNet peaks, else the peaks (the default). AP on a few dozen
   lesions is noisy: 150 validation cases chose masks for radiograph nodules (AP 0.578 vs 0.533), 300 chose the
@@ -43,6 +48,7 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -55,6 +61,7 @@ from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate, flui
 from models.dataset import Sample, make_samples
 from models.evaluate import decode, dice, raw_outputs, structured_metrics
 from models.labels import KINDS, LABEL_KEYS, label_mask
+from models.preprocess import CT_WINDOW
 from models.terminology import LABELS
 from models.train import VAL_SEED, best_f1_threshold
 
@@ -70,6 +77,9 @@ DELINEATION_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # levels below which their masks' voxels may be taken for aerated lung (0.3-0.6 of the -1000..400 HU window)
 FLUID_LABELS = {"ct": ("pleural_effusion",)}
 FLUID_LEVELS = (0.3, 0.4, 0.5, 0.6)
+# half-widths (HU) of the water-density bands tried for those labels (``fluid_only``'s ``band``: water ± this),
+# on the CT window the model input maps to [0, 1]: fluid 0-20 HU, chest wall muscle 40-60 HU
+FLUID_BAND_HU = (20.0, 25.0, 30.0, 35.0)
 BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
 SIZE_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -153,6 +163,51 @@ def choose_fluid(
     return _choose_redrawing(runner, samples, raws, keys, FLUID_LEVELS, fluid_only, "fluid") if keys else ({}, {})
 
 
+def water_band(half_width_hu: float, window: tuple[float, float] = CT_WINDOW) -> tuple[float, float]:
+    """Water density ± ``half_width_hu`` as a model-input range (the CT window maps HU to [0, 1])."""
+    lo, hi = window
+    return (round((-half_width_hu - lo) / (hi - lo), 4), round((half_width_hu - lo) / (hi - lo), 4))
+
+
+def choose_fluid_bands(
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
+) -> tuple[dict[str, tuple[float, float]], dict[str, dict[str, float]]]:
+    """Per fluid label the runner keeps to its fluid level (``runner.fluid``, chosen first): the water-density
+    band (``FLUID_BAND_HU``) whose :func:`~dicom_agent.inference.onnx_runner.fluid_only` masks have the best mean
+    Dice, kept only when it beats the level alone by ``MASK_MARGIN``. Returns (chosen bands, mean Dice per band
+    half-width and label; "mask" = the level alone)."""
+    kind = samples[0].kind
+    levels = runner.fluid.get(kind, {})
+    keys = [(LABEL_KEYS.index(key), key) for key in FLUID_LABELS.get(kind, ()) if key in levels]
+    chosen: dict[str, tuple[float, float]] = {}
+    table: dict[str, dict[str, float]] = {}
+    for li, key in keys:  # one label at a time: each has its own level
+        level = levels[key]
+        widths, row = _choose_redrawing(
+            runner,
+            samples,
+            raws,
+            [(li, key)],
+            FLUID_BAND_HU,
+            _within_water(level),
+            "fluid band",
+            base=functools.partial(fluid_only, level=level),
+        )
+        table.update(row)
+        if key in widths:
+            chosen[key] = water_band(widths[key])
+    return chosen, table
+
+
+def _within_water(level: float) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
+    """``fluid_only`` at ``level`` within water ± a half-width (HU), as ``_choose_redrawing`` calls a redrawing."""
+
+    def redraw(image: np.ndarray, mask: np.ndarray, width: float) -> np.ndarray:
+        return fluid_only(image, mask, level, water_band(width))
+
+    return redraw
+
+
 def _choose_redrawing(
     runner: Any,
     samples: list[Sample],
@@ -161,10 +216,12 @@ def _choose_redrawing(
     levels: tuple[float, ...],
     redraw: Callable[[np.ndarray, np.ndarray, float], np.ndarray],
     what: str,
+    base: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Per label of ``keys`` ((index, key)): the level at which ``redraw(model input, mask, level)`` gives the best
     mean Dice over the cases showing the label, kept only where it beats the network's masks (at the runner's
-    thresholds) by ``MASK_MARGIN``. Returns (chosen, mean Dice per level and label; "mask" = the network's)."""
+    thresholds; ``base(model input, mask)`` of them if given) by ``MASK_MARGIN``. Returns (chosen, mean Dice per
+    level and label; "mask" = the network's, or their ``base``)."""
     kind = samples[0].kind
     axis = 0 if kind == "cxr" else 1  # label axis of the raw segmentation: (L,S,S) or (D,L,s,s)
     scores: dict[str, list[list[float]]] = {key: [] for _, key in keys}
@@ -176,6 +233,7 @@ def _choose_redrawing(
                 continue
             mask = np.take(masks, li, axis=axis)
             redrawn = [redraw(raw["image"], mask, level) for level in levels]
+            mask = base(raw["image"], mask) if base is not None else mask
             scores[key].append([dice(m, truth) for m in (mask, *redrawn)])
     chosen: dict[str, float] = {}
     table: dict[str, dict[str, float]] = {}
@@ -248,19 +306,21 @@ def choose_thresholds(kind: str, samples: list[Sample], raws: list[dict[str, Any
 def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     """The manifest's ``decoding`` choices for ``bundle``, measured on ``cases`` validation phantoms per kind
     (the graphs run once per case): ``thresholds``, ``mask_thresholds``, ``delineation``, ``fluid``,
-    ``box_source``, ``unsided`` and, under ``calibration``, the Dice and side-precision tables behind them."""
+    ``fluid_band``, ``box_source``, ``unsided`` and, under ``calibration``, the Dice and side-precision tables
+    behind them."""
     from dicom_agent.inference.onnx_runner import BundleRunner
     from models.train import available_kinds
 
     runner = BundleRunner(bundle, device="cpu")
     # from the defaults, not a previous run
     runner.thresholds, runner.mask_thresholds, runner.box_source = {}, {}, {}
-    runner.unsided, runner.delineation, runner.fluid = {}, {}, {}
+    runner.unsided, runner.delineation, runner.fluid, runner.fluid_band = {}, {}, {}, {}
     out: dict[str, Any] = {
         "thresholds": {},
         "mask_thresholds": {},
         "delineation": {},
         "fluid": {},
+        "fluid_band": {},
         "box_source": {},
         "unsided": {},
         "calibration": {"cases": cases, "seed": seed},
@@ -268,6 +328,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     dice_table: dict[str, Any] = {}
     outline_table: dict[str, Any] = {}
     fluid_table: dict[str, Any] = {}
+    band_table: dict[str, Any] = {}
     side_table: dict[str, Any] = {}
     for kind in [k for k in KINDS if k in available_kinds()]:
         samples = make_samples(kind, cases, seed)
@@ -285,6 +346,10 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
             levels, fluid_table[kind] = choose_fluid(runner, samples, raws)
             if levels:
                 out["fluid"][kind] = runner.fluid[kind] = levels
+                bands, band_table[kind] = choose_fluid_bands(runner, samples, raws)
+                if bands:
+                    runner.fluid_band[kind] = bands
+                    out["fluid_band"][kind] = {key: list(band) for key, band in bands.items()}
         sources = choose_box_sources(runner, samples, raws)
         if sources:
             out["box_source"][kind] = sources
@@ -295,6 +360,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     out["calibration"]["mask_dice"] = dice_table
     out["calibration"]["delineation_dice"] = outline_table
     out["calibration"]["fluid_dice"] = fluid_table
+    out["calibration"]["fluid_band_dice"] = band_table
     out["calibration"]["side_precision"] = side_table
     return out
 

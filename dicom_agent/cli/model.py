@@ -143,9 +143,9 @@ def calibrate(
         int, typer.Option(min=0, help="validation phantoms per kind written as DICOM to choose the size fractions")
     ] = 100,
 ) -> None:
-    """Re-choose a bundle's decoding (decision threshold, mask threshold, delineation, box source, whether masks
-    give a side and the source-grid size fraction, per label) on validation phantoms and record it in
-    manifest.json; the graphs are unchanged, so no checkpoint is needed."""
+    """Re-choose a bundle's decoding (decision threshold, mask threshold, delineation, fluid level and water band,
+    box source, whether masks give a side and the source-grid size fraction, per label) on validation phantoms and
+    record it in manifest.json; the graphs are unchanged, so no checkpoint is needed."""
     _logging()
     from models.decoding import write_calibration
 
@@ -158,6 +158,16 @@ def calibrate(
         out(
             f"{kind} lesions outlined at a fraction of their peak: "
             + ", ".join(f"{k} {v:g}" for k, v in fractions.items())
+        )
+    bands = decoding.get("fluid_band", {})
+    for kind, levels in decoding.get("fluid", {}).items():
+        band = bands.get(kind, {})
+        out(
+            f"{kind} masks kept to fluid density at: "
+            + ", ".join(
+                f"{k} {v:g}" + (f" within {band[k][0]:g}-{band[k][1]:g}" if k in band else "")
+                for k, v in levels.items()
+            )
         )
     for kind, sources in decoding["box_source"].items():
         out(f"{kind} boxes from masks: " + ", ".join(sources))

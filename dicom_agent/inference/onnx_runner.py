@@ -267,14 +267,23 @@ def delineate(image: np.ndarray, mask: np.ndarray, fraction: float, reach: int =
     return out
 
 
-def fluid_only(image: np.ndarray, mask: np.ndarray, level: float) -> np.ndarray:
+def fluid_only(
+    image: np.ndarray, mask: np.ndarray, level: float, band: tuple[float, float] | None = None
+) -> np.ndarray:
     """A fluid finding's ``mask`` (a CT pleural effusion) without the voxels of the model input ``image`` below
     ``level``: fluid is water-dense, and a mask that runs onto aerated lung (−850 HU) past the fluid's edge is
-    wrong there. Chest wall and collapsed lung are as dense as fluid and stay. A connected part with no voxel at
-    the level is kept as drawn, so the rule never removes a finding."""
+    wrong there. With ``band`` (the model-input range of water density, water ± a few tens of HU) the voxels
+    denser than the band go too (chest wall muscle: 40 HU, as dense as fluid to the eye in a lung window) and the
+    water-dense voxels face-adjacent to what is kept join it: the network's mask strays across the fluid's border
+    with the wall, a voxel out on one side and a voxel short on the other. Collapsed lung as dense as fluid stays.
+    A connected part with no voxel kept is kept as drawn, so the rule never removes a finding."""
     dense = mask & (image >= level)
+    if band is not None:
+        dense &= image <= band[1]
     labels = mask_components(mask)
     undense = mask & ~np.isin(labels, np.unique(labels[dense]))
+    if band is not None:
+        dense |= _grow_once(dense) & (image >= band[0]) & (image <= band[1])
     return dense | undense
 
 
@@ -407,6 +416,12 @@ class BundleRunner:
             kind: {key: float(level) for key, level in per_label.items()}
             for kind, per_label in decoding.get("fluid", {}).items()
         }
+        # per (kind, fluid label), the model-input range of water density (``fluid_only``'s ``band``): voxels denser
+        # than it leave the mask, water-dense ones beside it join; chosen by Dice on validation phantoms
+        self.fluid_band: dict[str, dict[str, tuple[float, float]]] = {
+            kind: {key: (float(lo), float(hi)) for key, (lo, hi) in per_label.items()}
+            for kind, per_label in decoding.get("fluid_band", {}).items()
+        }
         # per (kind, round focal label), the fraction at which a lesion is outlined on the source grid to measure
         # its equivalent diameter (``inference.measure``), chosen on validation phantoms; labels not listed are
         # measured on the model grid
@@ -463,7 +478,8 @@ class BundleRunner:
     def outline(self, kind: str, masks: np.ndarray, image: np.ndarray, axis: int) -> np.ndarray:
         """``masks`` (label axis ``axis``) with each label of ``decoding.delineation`` redrawn by
         :func:`delineate` from the model input ``image`` (the masks' shape without the label axis), and each label
-        of ``decoding.fluid`` kept to its fluid-dense voxels (:func:`fluid_only`)."""
+        of ``decoding.fluid`` kept to its fluid-dense voxels, within ``decoding.fluid_band`` where that lists it
+        (:func:`fluid_only`)."""
         fractions, fluid = self.delineation.get(kind, {}), self.fluid.get(kind, {})
         if not fractions and not fluid:
             return masks
@@ -471,9 +487,10 @@ class BundleRunner:
         for key, fraction in fractions.items():
             part = _label_slot(masks.ndim, axis, self.label_keys.index(key))
             out[part] = delineate(image, masks[part], fraction)
+        bands = self.fluid_band.get(kind, {})
         for key, level in fluid.items():
             part = _label_slot(masks.ndim, axis, self.label_keys.index(key))
-            out[part] = fluid_only(image, out[part], level)
+            out[part] = fluid_only(image, out[part], level, bands.get(key))
         return out
 
     def binarize(self, kind: str, seg: np.ndarray, axis: int, level: float | None = None) -> np.ndarray:

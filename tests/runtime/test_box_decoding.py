@@ -275,18 +275,39 @@ def test_a_fluid_mask_keeps_to_the_fluid_and_never_loses_a_finding() -> None:
     assert (fluid_only(image, mask, 0.8) == mask).all()  # nothing that dense: nothing removed
 
 
+def test_a_water_band_drops_the_wall_and_takes_the_fluid_beside_the_mask() -> None:
+    """With a water-density band, the mask's voxels denser than water (the chest wall, 0.74 = 36 HU) leave it and
+    the fluid voxels one step beside it join; fat (0.64 = -104 HU) and fluid two steps away do not."""
+    image = _effusion_slab((4, 32, 32))
+    image[:, 20:26, :2] = 0.64  # fat at the fluid's far left
+    mask = np.zeros(image.shape, bool)
+    mask[:, 21:28, 4:28] = True  # a row short of the fluid's top, 2 rows into the wall
+    mask[1:3, 28:30, 30:32] = True  # a part lying on the wall alone
+    band = (0.6929, 0.7357)  # water ± 30 HU
+    kept = fluid_only(image, mask, 0.4, band)
+    assert not kept[:, 26:28, 4:28].any()  # wall gone
+    assert kept[:, 20, 4:28].all() and kept[:, 21:26, 3:29].all()  # fluid: its own, one step above and aside
+    assert not kept[:, 20, 3].any() and not kept[:, 20, 28].any()  # diagonal: two steps
+    assert not kept[:, 20:26, :3].any() and not kept[:, 20:26, 29:].any()  # fat; fluid two steps away
+    assert kept[1:3, 28:30, 30:32].all()  # nothing of it at water density: kept as drawn
+    assert (fluid_only(image, mask, 0.4) == (mask & (image >= 0.4))).all()  # no band: the level alone
+
+
 def test_the_runner_keeps_only_the_fluid_labels_the_manifest_names_to_the_fluid() -> None:
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
     keys = runner.label_keys
     image = _effusion_slab((4, 32, 32))
     masks = np.zeros((4, len(keys), 32, 32), bool)  # (D,L,s,s)
     masks[:, :, 17:28, 4:28] = True
-    runner.delineation, runner.fluid = {}, {"ct": {"pleural_effusion": 0.4}}
+    runner.delineation, runner.fluid, runner.fluid_band = {}, {"ct": {"pleural_effusion": 0.4}}, {}
     out = runner.outline("ct", masks, image, axis=1)
     effusion = keys.index("pleural_effusion")
     assert not out[:, effusion, 17:20].any() and out[:, effusion, 20:28, 4:28].all()
     assert all((out[:, li] == masks[:, li]).all() for li in range(len(keys)) if li != effusion)
     assert runner.outline("pet", masks, image, axis=1) is masks  # nothing named for PET
+    runner.fluid_band = {"ct": {"pleural_effusion": (0.6929, 0.7357)}}  # the band too: the wall goes
+    out = runner.outline("ct", masks, image, axis=1)
+    assert out[:, effusion, 20:26, 3:29].all() and not out[:, effusion, 26:].any()
 
 
 def test_a_label_trained_without_masks_gets_no_mask_and_no_side(tmp_path: Path) -> None:
