@@ -18,6 +18,7 @@ from dicom_agent.inference.onnx_runner import (
     mask_component_boxes,
     mask_components,
     threshold_mask,
+    voxel_noise,
 )
 from models.evaluate import dice
 
@@ -291,6 +292,28 @@ def test_a_water_band_drops_the_wall_and_takes_the_fluid_beside_the_mask() -> No
     assert not kept[:, 20:26, :3].any() and not kept[:, 20:26, 29:].any()  # fat; fluid two steps away
     assert kept[1:3, 28:30, 30:32].all()  # nothing of it at water density: kept as drawn
     assert (fluid_only(image, mask, 0.4) == (mask & (image >= 0.4))).all()  # no band: the level alone
+
+
+def test_voxel_noise_reads_the_noise_not_the_anatomy() -> None:
+    rng = np.random.default_rng(0)
+    flat = _effusion_slab((8, 64, 64))  # lung, fluid, wall: edges only
+    assert voxel_noise(flat) == 0.0
+    noisy = flat + rng.normal(0.0, 0.05, flat.shape).astype(np.float32)
+    assert voxel_noise(noisy) == pytest.approx(0.05, rel=0.1)
+
+
+def test_a_water_band_narrower_than_the_noise_is_not_applied() -> None:
+    """Noise of 0.05 (70 HU in the CT window) is wider than water ± 30 HU: the band would keep a random third of
+    the fluid, so the level alone decides, as without a band."""
+    rng = np.random.default_rng(1)
+    image = _effusion_slab((4, 32, 32)) + rng.normal(0.0, 0.05, (4, 32, 32)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[:, 21:28, 4:28] = True
+    band = (0.6929, 0.7357)
+    assert (fluid_only(image, mask, 0.4, band) == fluid_only(image, mask, 0.4)).all()
+    quiet = _effusion_slab((4, 32, 32)) + rng.normal(0.0, 0.003, (4, 32, 32)).astype(np.float32)  # 4 HU
+    assert fluid_only(quiet, mask, 0.4)[:, 26:28, 4:28].all()
+    assert fluid_only(quiet, mask, 0.4, band)[:, 26:28, 4:28].mean() < 0.2  # the wall goes (36 HU ± 4: mostly)
 
 
 def test_the_runner_keeps_only_the_fluid_labels_the_manifest_names_to_the_fluid() -> None:
