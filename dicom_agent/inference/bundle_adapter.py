@@ -24,7 +24,7 @@ from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import answer_disagreement, flag_disagreements
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
-from dicom_agent.inference.measure import SourceGrid
+from dicom_agent.inference.measure import NODULE_MAX_MM, SourceGrid
 from dicom_agent.inference.onnx_runner import DELINEATION_REACH, DetectedBox
 from dicom_agent.inference.preprocess2d import Radiograph, load_radiographs
 from dicom_agent.inference.render import join_sentences, prompt_findings, render
@@ -429,7 +429,7 @@ class BundleAdapter:
                 out.extend(self._sided_3d(kind, spec, probability, volume, label_mask))
             else:
                 out.append(self._finding(spec, probability))
-        return out
+        return _one_lesion_by_size(out) if kind == "ct" else out
 
     def _lesion_3d(
         self,
@@ -746,6 +746,32 @@ def _settle_by_bronchograms(components_of: dict[str, list[np.ndarray]], volume: 
             lost_consolidation.add(j)
     components_of["mass"] = [c for i, c in enumerate(masses) if i not in lost_mass]
     components_of["consolidation"] = [c for j, c in enumerate(consolidations) if j not in lost_consolidation]
+
+
+def _one_lesion_by_size(findings: list[Finding]) -> list[Finding]:
+    """CT: a region reported both as a nodule and as a mass (:func:`_claim_by_probability` lets each label keep its
+    first component) is one lesion, a mass if either states it over ``NODULE_MAX_MM`` and a nodule otherwise (the
+    Fleischner Society glossary's line between the two); the other finding goes, and its label is unplaced if it
+    had no other. Until session 25 both were reported ("Nodule in the right upper lobe, measuring 39 mm. Mass in the
+    right upper lobe, measuring 39 mm."): 6 of 150 validation CTs."""
+
+    def measured(label: str) -> list[tuple[Finding, np.ndarray, float]]:
+        return [
+            (f, f.mask.pixels, f.size_mm)
+            for f in findings
+            if f.label == label and f.mask is not None and f.size_mm is not None
+        ]
+
+    dropped: set[int] = set()
+    for mass, mass_pixels, mass_mm in measured("mass"):
+        for nodule, nodule_pixels, nodule_mm in measured("nodule"):
+            if id(nodule) in dropped or not _shared(nodule_pixels, mass_pixels):
+                continue
+            loser = nodule if max(nodule_mm, mass_mm) > NODULE_MAX_MM else mass
+            dropped.add(id(loser))
+            if loser is mass:
+                break
+    return [f for f in findings if id(f) not in dropped]
 
 
 def _shared(a: np.ndarray, b: np.ndarray) -> bool:

@@ -24,6 +24,9 @@ import numpy as np
 from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate, grown_box
 from dicom_agent.inference.volume import window
 
+# the largest nodule: a rounded opacity over 30 mm is a mass (Fleischner Society glossary, Hansell et al. 2008)
+NODULE_MAX_MM = 30.0
+
 
 def equivalent_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     """Diameter (mm) of the circle (2D mask) or sphere (3D mask) with the mask's area or volume; ``spacing`` is
