@@ -762,9 +762,10 @@ def _one_lesion_by_size(findings: list[Finding]) -> list[Finding]:
             if f.label == label and f.mask is not None and f.size_mm is not None
         ]
 
+    nodules = measured("nodule")
     dropped: set[int] = set()
     for mass, mass_pixels, mass_mm in measured("mass"):
-        for nodule, nodule_pixels, nodule_mm in measured("nodule"):
+        for nodule, nodule_pixels, nodule_mm in nodules:
             if id(nodule) in dropped or not _shared(nodule_pixels, mass_pixels):
                 continue
             loser = nodule if max(nodule_mm, mass_mm) > NODULE_MAX_MM else mass
