@@ -46,6 +46,9 @@ MIN_LESION_VOXELS = 2
 # on the other side, those of bilateral ones 42-51 %
 MIN_SIDE_SHARE = 0.25
 MAX_LESIONS_PER_LABEL = 5
+# a PET lesion whose SUVmax stays under a typical mediastinal blood pool's (Deauville's reference) is not
+# hypermetabolic: on 150 validation PETs 0.12.0's box-only "lesions" of SUVmax 0.4-0.8 lay on lung beside one
+MIN_LESION_SUV = 1.5
 MERGE_SLICES = 2  # detection boxes of one lesion the masks missed lie on neighbouring slices (_unmasked_boxes)
 
 
@@ -400,10 +403,13 @@ class BundleAdapter:
         focal = {key: parts for key, parts in components_of.items() if key in focal_keys}
         components_of.update(_claim_by_probability(focal, result.probabilities, _itself))
         covered = np.zeros(volume.values.shape, dtype=bool)
+        reported = np.zeros_like(covered)
         for key in focal:
             for component in components_of[key]:
                 covered |= component
             components_of[key] = _detected(components_of[key], result.boxes, key, self.runner.box_min_score)
+            for component in components_of[key][:MAX_LESIONS_PER_LABEL]:
+                reported |= component
         if kind == "ct" and volume.unit == "HU":
             _settle_by_bronchograms(components_of, volume)
         for key in result.present:
@@ -419,7 +425,7 @@ class BundleAdapter:
                     lesion = self._lesion_3d(spec, probability, volume, component, result, sites, kind, grid)
                     if lesion is not None:
                         out.append(lesion)
-                for detected in _unmasked_boxes(result.boxes, key, covered, self.runner.box_min_score)[
+                for detected in _unmasked_boxes(result.boxes, key, covered, reported, self.runner.box_min_score)[
                     : MAX_LESIONS_PER_LABEL - len(kept)
                 ]:
                     lesion = self._box_only_3d(spec, probability, volume, detected, result, sites, kind, grid)
@@ -465,6 +471,8 @@ class BundleAdapter:
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
         location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
         suv_max, suv_on = _uptake(volume, source, boxes)
+        if suv_max is not None and suv_max < MIN_LESION_SUV:
+            return None  # no hotter than the blood pool: not a hypermetabolic lesion
         return self._finding(
             spec,
             probability,
@@ -808,10 +816,15 @@ def _component_score(component: np.ndarray, boxes: list[Any], label: str, defaul
     return best if best is not None else default
 
 
-def _unmasked_boxes(boxes: list[DetectedBox], label: str, covered: np.ndarray, min_score: float) -> list[DetectedBox]:
+def _unmasked_boxes(
+    boxes: list[DetectedBox], label: str, covered: np.ndarray, reported: np.ndarray, min_score: float
+) -> list[DetectedBox]:
     """The label's boxes (best first, at least ``min_score``) whose centre lies outside every focal mask
-    component (``covered``, the model grid), one per lesion: a box whose centre falls within a kept box's extent
-    on a slice within MERGE_SLICES of it is the same lesion seen on another slice."""
+    component (``covered``, the model grid) and away from every component reported as a lesion (``reported``:
+    not on the voxels it touches, on its slice or within MERGE_SLICES of it), one per lesion: a box whose centre
+    falls within a kept box's extent on a slice within MERGE_SLICES of it is the same lesion seen on another
+    slice. Until session 26 only the voxel under the centre on the box's own slice was looked at: a box a slice
+    beside a reported lesion, or centred on the edge between its voxels, reported it twice."""
     kept: list[DetectedBox] = []
     for b in boxes:
         if b.label != label or b.z is None or b.score < min_score:
@@ -819,10 +832,22 @@ def _unmasked_boxes(boxes: list[DetectedBox], label: str, covered: np.ndarray, m
         z, cy, cx = int(b.z), (b.y0 + b.y1) / 2, (b.x0 + b.x1) / 2
         if covered[z, min(int(cy), covered.shape[1] - 1), min(int(cx), covered.shape[2] - 1)]:
             continue
+        rows, cols = _touching(cy, covered.shape[1]), _touching(cx, covered.shape[2])
+        if reported[max(z - MERGE_SLICES, 0) : z + MERGE_SLICES + 1, rows, cols].any():
+            continue
         same = any(abs(z - int(k.z or 0)) <= MERGE_SLICES and k.x0 <= cx <= k.x1 and k.y0 <= cy <= k.y1 for k in kept)
         if not same:
             kept.append(b)
     return kept
+
+
+def _touching(centre: float, size: int) -> slice:
+    """The voxels (index k spans [k, k + 1)) whose centres lie within one voxel of a coordinate along one axis:
+    the voxel holding it and its neighbour across the nearer edge, both where it falls on their shared edge (as a
+    4-pixel box around a 2-voxel component's centre does), one where it is a voxel's centre."""
+    low = min(max(int(np.floor(centre - 0.5)), 0), size - 1)
+    high = min(max(int(np.floor(centre + 0.5)), 0), size - 1)
+    return slice(low, high + 1)
 
 
 def _detected(components: list[np.ndarray], boxes: list[DetectedBox], label: str, min_score: float) -> list[np.ndarray]:

@@ -273,3 +273,31 @@ def test_a_component_without_a_detection_is_not_a_lesion_of_its_own(written: tup
     assert len(case.lesions) > 1
     assert found([detected]) == [(first.location, first.laterality)]
     assert len(found([])) == 1
+
+
+def test_a_box_on_lung_without_uptake_is_not_a_hypermetabolic_lesion(written: tuple[Case, Volume]) -> None:
+    """A detection box over lung (SUV about 0.4) reports nothing: no hotter than the blood pool is not
+    hypermetabolic (validation PETs had such box-only "lesions" of SUVmax 0.4-0.8); the same box on a lesion is
+    one."""
+    from dicom_agent.inference.bundle_adapter import MIN_LESION_SUV
+    from dicom_agent.inference.onnx_runner import DetectedBox
+
+    case, volume = written
+    adapter = _map_back_only({"pet": {"hypermetabolic_lesion": 0.5}})
+    key = "hypermetabolic_lesion"
+    cold = np.argwhere(_organ_map(volume).organs["right"])
+    cold = [tuple(v) for v in cold if volume.values[v[0], v[1] - 3 : v[1] + 4, v[2] - 3 : v[2] + 4].max() < 0.8]
+    assert cold, "no lung voxel away from uptake"
+    z, y, x = cold[len(cold) // 2]
+    lung = DetectedBox(key, 0.8, x - 1.5, y - 1.5, x + 2.5, y + 2.5, z=int(z))
+    lz, ly, lx = _centre(volume, case.lesions[0].attrs["center_vox"])
+    hot = DetectedBox(key, 0.8, lx - 1.5, ly - 1.5, lx + 2.5, ly + 2.5, z=round(lz))
+    empty = np.zeros_like(volume.values, dtype=bool)
+
+    def found(box: DetectedBox) -> list[Any]:
+        result = SimpleNamespace(present=[key], probabilities={key: 0.9}, masks={key: empty}, boxes=[box], cores={})
+        return adapter._findings_3d("pet", volume, result)
+
+    assert found(lung) == []
+    (lesion,) = found(hot)
+    assert lesion.suv_max is not None and lesion.suv_max > MIN_LESION_SUV
