@@ -12,7 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dicom_agent.inference.parse import asks_ratio, asks_uptake, parse, question_labels
+from dicom_agent.inference.parse import asks_count, asks_ratio, asks_size, asks_uptake, parse, question_labels, size_mm
+from dicom_agent.inference.render import format_mm
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary
 
@@ -147,6 +148,8 @@ _ANSWER_NOTE = {
         "text decoder's estimate.",
         "unplaced": "Note: the classifier scored {name} present ({percent} %), but no region of the image was given "
         "to it, so the coded findings do not include it.",
+        "count": "Note: the coded findings list {count} {names}.",
+        "size": "Note: the coded findings measure the largest {name} {size} mm.",
     },
     "zh": {
         "present": "注意：编码所见包含{name}。",
@@ -156,6 +159,8 @@ _ANSWER_NOTE = {
         "no_uptake": "注意：本检查未测得SUVmax（未发现病灶，或该序列无法计算SUV）。",
         "ratio": "注意：编码所见不含心胸比（未测量）；该回答为文本解码器的估计。",
         "unplaced": "注意：分类器判定{name}为阳性（{percent}%），但图像中没有区域归属于它，故编码所见不包含{name}。",
+        "count": "注意：编码所见共有{count}个{name}。",
+        "size": "注意：编码所见中最大的{name}为{size}毫米。",
     },
 }
 
@@ -185,11 +190,13 @@ def answer_disagreement(
     Checked where the answer can be read without guessing: a yes/no answer to a question about one finding
     (present or not), and a location answer (a location name of the vocabulary) about one focal finding, against
     the place of the largest such finding, and a number answering a question about the most active lesion,
-    against the highest SUVmax measured. A question about the cardiothoracic ratio is always noted: no finding
-    carries one, so the decoder's number (right on 0.15 of the phantoms' ratio questions) is not a measurement.
-    Other answers (sizes, counts) are not judged here. Any answer about one label the study left *unplaced*
-    (``unplaced``: label -> probability; present by the classifier, no region of its own) gets a note saying so,
-    whatever it says: "no" agrees with the coded findings and not with the classifier."""
+    against the highest SUVmax measured, and since session 26 a number answering how many findings of one label
+    there are, against how many the coded findings list, and a size answering how large the largest is, against
+    the size the findings text states for it (whole mm): 0.12.0's decoder answers "2" for three or four lesions.
+    A question about the cardiothoracic ratio is always noted: no finding carries one, so the decoder's number
+    (right on 0.15 of the phantoms' ratio questions) is not a measurement. Any answer about one label the study
+    left *unplaced* (``unplaced``: label -> probability; present by the classifier, no region of its own) gets a
+    note saying so, whatever it says: "no" agrees with the coded findings and not with the classifier."""
     if lang not in _ANSWER_NOTE:
         return None
     if asks_ratio(question):
@@ -209,6 +216,10 @@ def answer_disagreement(
     notes = _ANSWER_NOTE[lang]
     if not mine and unplaced and label in unplaced:
         return notes["unplaced"].format(name=name, percent=round(100 * float(unplaced[label])))
+    if asks_count(question):
+        return _count_disagreement(said, lang, name, len(mine))
+    if asks_size(question):
+        return _size_disagreement(said, lang, name, mine)
     if said in (YES[lang], NO[lang]):
         if (said == YES[lang]) == bool(mine):
             return None
@@ -221,6 +232,26 @@ def answer_disagreement(
         return None
     where = largest.location_en if lang == "en" else largest.location_zh
     return notes["where"].format(name=name, where=where or largest.location)
+
+
+def _count_disagreement(said: str, lang: str, name: str, listed: int) -> str | None:
+    """A note when a whole-number answer is not how many findings of the label the coded findings list."""
+    if not re.fullmatch(r"\d+", said) or int(said) == listed:
+        return None
+    names = name if lang != "en" or listed == 1 else name + ("es" if name.endswith("s") else "s")
+    return _ANSWER_NOTE[lang]["count"].format(count=listed, names=names, name=name)
+
+
+def _size_disagreement(said: str, lang: str, name: str, mine: Sequence[Finding]) -> str | None:
+    """A note when a size answer is not the largest size the findings text states (whole mm), if one is stated."""
+    answered = size_mm(said, lang)
+    sized = [f.size_mm for f in mine if f.size_mm is not None]
+    if answered is None or not sized:
+        return None
+    stated = format_mm(max(sized))
+    if format_mm(answered) == stated:
+        return None
+    return _ANSWER_NOTE[lang]["size"].format(name=name, size=stated)
 
 
 def _uptake_disagreement(answer: str, lang: str, findings: Sequence[Finding]) -> str | None:

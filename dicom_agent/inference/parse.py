@@ -37,6 +37,8 @@ _SUV = re.compile(r"SUV\s*max\s*(?:of|is|was|:|：|约|为)?\s*(\d+(?:\.\d+)?)",
 # a question about the most active lesion (its answer is the highest SUVmax, not the largest lesion's)
 _UPTAKE_QUESTION = re.compile(r"SUV|most (?:active|intense|avid)|hottest|最活跃|最高摄取|代谢最高", re.I)
 _RATIO_QUESTION = re.compile(r"cardio-?thoracic|\bCTR\b|心胸比", re.I)
+_COUNT_QUESTION = re.compile(r"\bhow many\b|几个|多少个", re.I)
+_SIZE_QUESTION = re.compile(r"\bhow (?:large|big)\b|\bsize\b|多大|大小", re.I)
 _LATERALITY = {
     "en": [
         ("bilateral", re.compile(r"\b(bilateral(ly)?|both)\b", re.I)),
@@ -308,6 +310,22 @@ def question_labels(question: str, lang: str, vocabulary: Vocabulary) -> set[str
 def asks_uptake(question: str) -> bool:
     """Whether a question asks about the most active lesion ("What is the highest SUVmax?", "最高SUVmax是多少？")."""
     return bool(_UPTAKE_QUESTION.search(question))
+
+
+def asks_count(question: str) -> bool:
+    """Whether a question asks how many findings there are ("How many nodules are there?", "有几个结节？")."""
+    return bool(_COUNT_QUESTION.search(question))
+
+
+def asks_size(question: str) -> bool:
+    """Whether a question asks a finding's size ("How large is the largest mass?", "最大的肿块有多大？")."""
+    return bool(_SIZE_QUESTION.search(question))
+
+
+def size_mm(text: str, lang: str) -> float | None:
+    """The first size ``text`` states, in mm ("15 mm", "1.5 cm", "15毫米"), else None."""
+    match = _SIZE[lang].search(text)
+    return _mm(match.group(1), match.group(2)) if match else None
 
 
 def asks_ratio(question: str) -> bool:

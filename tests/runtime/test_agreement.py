@@ -92,9 +92,45 @@ def test_a_vqa_answer_that_contradicts_the_findings_of_record_gets_a_note_in_its
     )
     assert answer_disagreement("是否有气胸？", "是", "zh", findings, VOCAB) == "注意：编码所见不包含气胸。"
     # not judged: answers that are neither yes/no nor a place, and questions about no single finding
-    assert answer_disagreement("How large is the largest nodule?", "30 mm", "en", findings, VOCAB) is None
+    assert answer_disagreement("How large is the largest nodule?", "large", "en", findings, VOCAB) is None
     assert answer_disagreement("Is the examination normal?", "yes", "en", findings, VOCAB) is None
     assert answer_disagreement("Where is the largest mass?", "left upper lobe", "en", findings, VOCAB) is None
+
+
+def test_count_and_size_answers_are_checked_against_the_coded_findings() -> None:
+    """Bundle 0.12.0's decoder answers "2" for a findings text naming three or four lesions (9 of 9 in English on
+    40 held-out PETs): a number of findings or a size that is not the coded findings' gets a note."""
+    findings = [
+        _finding("nodule", "right_lower_lobe", size_mm=12.0),
+        _finding("nodule", "left_upper_lobe", size_mm=21.4),
+        _finding("mass", present=False),
+        _finding("hypermetabolic_lesion", "liver"),
+    ]
+    assert answer_disagreement("How many nodules are there?", "2", "en", findings, VOCAB) is None
+    assert answer_disagreement("How many nodules are seen?", "1.", "en", findings, VOCAB) == (
+        "Note: the coded findings list 2 nodules."
+    )
+    assert answer_disagreement("共有多少个结节？", "4", "zh", findings, VOCAB) == "注意：编码所见共有2个结节。"
+    assert answer_disagreement("How many masses are there?", "0", "en", findings, VOCAB) is None
+    assert answer_disagreement("How many masses are there?", "1", "en", findings, VOCAB) == (
+        "Note: the coded findings list 0 masses."
+    )
+    assert answer_disagreement("How many hypermetabolic lesions are there?", "2", "en", findings, VOCAB) == (
+        "Note: the coded findings list 1 hypermetabolic lesion."
+    )
+    assert answer_disagreement("有几个结节？", "两个", "zh", findings, VOCAB) is None  # not a number: not judged
+    # sizes: the largest, as the findings text states it (whole mm), in either unit
+    for said in ("21 mm", "2.1 cm", " 21 mm."):
+        assert answer_disagreement("How large is the largest nodule?", said, "en", findings, VOCAB) is None
+    assert answer_disagreement("What is the size of the largest nodule?", "12 mm", "en", findings, VOCAB) == (
+        "Note: the coded findings measure the largest nodule 21 mm."
+    )
+    assert answer_disagreement("最大的结节大小是多少？", "30毫米", "zh", findings, VOCAB) == (
+        "注意：编码所见中最大的结节为21毫米。"
+    )
+    # no size stated (the liver lesion has none): not judged
+    question = "How large is the largest hypermetabolic lesion?"
+    assert answer_disagreement(question, "30 mm", "en", findings, VOCAB) is None
 
 
 def test_any_answer_about_an_unplaced_label_says_the_classifier_scored_it_present() -> None:

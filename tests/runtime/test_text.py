@@ -8,7 +8,17 @@ from collections.abc import Callable
 import pytest
 
 from dicom_agent.dicom.codes import Code
-from dicom_agent.inference.parse import asks_ratio, asks_uptake, fact, facts, parse, question_labels, yes_no
+from dicom_agent.inference.parse import (
+    asks_count,
+    asks_ratio,
+    asks_size,
+    asks_uptake,
+    fact,
+    facts,
+    parse,
+    question_labels,
+    yes_no,
+)
 from dicom_agent.inference.render import CONTEXT_FINDINGS, NORMAL, context_text, prompt_findings, render
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
@@ -204,10 +214,13 @@ def test_parser_reads_the_phantoms_suvmax() -> None:
     assert checked > 10
 
 
-@pytest.mark.parametrize(("asks", "kind"), [(asks_uptake, "suv"), (asks_ratio, "ratio")])
+@pytest.mark.parametrize(
+    ("asks", "kind"), [(asks_uptake, "suv"), (asks_ratio, "ratio"), (asks_count, "count"), (asks_size, "size")]
+)
 def test_only_questions_of_their_kind_are_recognised(asks: Callable[[str], bool], kind: str) -> None:
-    """Every phantom question about the most active lesion ("suv") or the cardiothoracic ratio ("ratio"), EN and
-    ZH, is recognised as such, no question of another kind is."""
+    """Every phantom question about the most active lesion ("suv"), the cardiothoracic ratio ("ratio"), how many
+    findings ("count") or the largest's size ("size"), EN and ZH, is recognised as such, no question of another
+    kind is."""
     kinds: dict[bool, set[str]] = {True: set(), False: set()}
     for seed in range(30):
         for phantom in ("cxr", "ct", "pet"):
