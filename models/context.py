@@ -97,6 +97,12 @@ def counterfactual(
     return out
 
 
-def findings_text(findings: Sequence[Finding], lang: str, question: str | None = None, uptake: bool = False) -> str:
+def findings_text(
+    findings: Sequence[Finding],
+    lang: str,
+    question: str | None = None,
+    uptake: bool = False,
+    answer_forms: bool = False,
+) -> str:
     """The prompt's findings text (about what ``question`` names, if given), as the runtime writes it."""
-    return prompt_findings(findings, lang, _vocabulary(), question, uptake)
+    return prompt_findings(findings, lang, _vocabulary(), question, uptake, answer_forms)

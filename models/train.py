@@ -69,6 +69,10 @@ class TrainConfig:
     # the findings text states each PET lesion's SUVmax, as the runtime measures it on the source voxels since
     # 0.10.0 (manifest ``prompts.context_uptake``): "What is the highest SUVmax?" is answered from the text
     context_uptake: bool = True
+    # a count for "How many …?" and "on both sides" for "Which side …?" where a label lies on both (manifest
+    # ``prompts.context_answer_forms``, since 0.13.0): the decoder of 0.12.0 answered "2" for 3 or 4 listed PET
+    # lesions and the first side named for a bilateral effusion; both answers are now words of the text
+    context_answer_forms: bool = True
     # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions
     qa_balance: bool = True
@@ -475,7 +479,11 @@ def stage2(
                     moved = counterfactual(kind, s.extra["lesions"], places, rng)  # type: ignore[arg-type]
                     facts, qa = findings_of(moved), questions_about(kind, moved, rng)  # the text is the only source
                 lang, q, a, _ = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
-                context = findings_text(facts, lang, q, cfg.context_uptake) if facts is not None else None
+                context = (
+                    findings_text(facts, lang, q, cfg.context_uptake, cfg.context_answer_forms)
+                    if facts is not None
+                    else None
+                )
                 ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
         inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
         tokens = torch.stack([feats[k]["tokens"][i] for k, i in picks]).float()

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dicom_agent.inference.parse import asks_count, asks_ratio, asks_size, asks_uptake, parse, question_labels, size_mm
-from dicom_agent.inference.render import format_mm
+from dicom_agent.inference.render import format_mm, plural_en
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary
 
@@ -238,7 +238,7 @@ def _count_disagreement(said: str, lang: str, name: str, listed: int) -> str | N
     """A note when a whole-number answer is not how many findings of the label the coded findings list."""
     if not re.fullmatch(r"\d+", said) or int(said) == listed:
         return None
-    names = name if lang != "en" or listed == 1 else name + ("es" if name.endswith("s") else "s")
+    names = plural_en(name, listed) if lang == "en" else name
     return _ANSWER_NOTE[lang]["count"].format(count=listed, names=names, name=name)
 
 

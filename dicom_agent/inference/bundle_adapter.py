@@ -216,7 +216,10 @@ class BundleAdapter:
         """Decoder text about one input; the prompt carries that input's findings when the bundle takes them."""
         findings = None
         if self.runner.takes_findings:
-            findings = prompt_findings(item.findings, lang, self.vocabulary, question, self.runner.takes_uptake)
+            runner = self.runner
+            findings = prompt_findings(
+                item.findings, lang, self.vocabulary, question, runner.takes_uptake, runner.takes_answer_forms
+            )
         return str(self.runner.generate(item.features, task, lang, question, findings=findings)).strip()
 
     def _absent(self, findings: list[Finding], inputs: list[ModelInput]) -> tuple[list[Finding], dict[str, float]]:

@@ -663,6 +663,12 @@ class BundleRunner:
         ``prompts.context_uptake``, since 0.10.0); older decoders get the text they were trained on."""
         return bool(self.manifest["prompts"].get("context_uptake", False))
 
+    @property
+    def takes_answer_forms(self) -> bool:
+        """Whether that findings text summed up counts and both-sided findings for the questions asking them
+        (manifest ``prompts.context_answer_forms``, since 0.13.0)."""
+        return bool(self.manifest["prompts"].get("context_answer_forms", False))
+
     def prompt_ids(self, task: str, lang: str, question: str | None = None, findings: str | None = None) -> list[int]:
         """``<bos> <task> <lang> [findings text] instruction <sep>`` with the manifest's inference templates;
         ``findings`` is used only by bundles that take it."""

@@ -38,6 +38,8 @@ _SUV = re.compile(r"SUV\s*max\s*(?:of|is|was|:|：|约|为)?\s*(\d+(?:\.\d+)?)",
 _UPTAKE_QUESTION = re.compile(r"SUV|most (?:active|intense|avid)|hottest|最活跃|最高摄取|代谢最高", re.I)
 _RATIO_QUESTION = re.compile(r"cardio-?thoracic|\bCTR\b|心胸比", re.I)
 _COUNT_QUESTION = re.compile(r"\bhow many\b|几个|多少个", re.I)
+_LARGEST_QUESTION = re.compile(r"\blargest\b|\bbiggest\b|最大的", re.I)
+_SIDE_QUESTION = re.compile(r"\bwhich side\b|哪一侧|哪侧", re.I)
 _SIZE_QUESTION = re.compile(r"\bhow (?:large|big)\b|\bsize\b|多大|大小", re.I)
 _LATERALITY = {
     "en": [
@@ -205,7 +207,9 @@ def parse(text: str, lang: str, vocabulary: Vocabulary) -> list[ParsedFinding]:
             if suv is not None:
                 claimed_suv.add(id(suv))
             loc_spec = vocabulary.location(location.key) if location else None
-            laterality = loc_spec.laterality if loc_spec else _laterality(lang, clause, mention.start - c0)
+            laterality = (
+                loc_spec.laterality if loc_spec else _laterality(lang, clause, mention.start - c0, mention.end - c0)
+            )
             found.append(
                 ParsedFinding(
                     label=mention.key,
@@ -254,14 +258,18 @@ def _mm(value: str, unit: str) -> float:
     return number * 10.0 if unit.lower().startswith(("cm", "centi", "厘", "公")) else number
 
 
-def _laterality(lang: str, clause: str, position: int) -> str | None:
-    """The laterality word closest before the mention (EN "left pleural effusion", ZH "左侧胸腔积液")."""
-    before = clause[:position]
-    best: tuple[int, str] | None = None
+def _laterality(lang: str, clause: str, position: int, end: int) -> str | None:
+    """The laterality word closest before the mention (EN "left pleural effusion", ZH "左侧胸腔积液"), else the
+    first after it in the clause ("Pleural effusion on both sides")."""
+    before: tuple[int, str] | None = None
+    after: tuple[int, str] | None = None
     for key, pattern in _LATERALITY[lang]:
-        for match in pattern.finditer(before):
-            if best is None or match.start() > best[0]:
-                best = (match.start(), key)
+        for match in pattern.finditer(clause):
+            if match.end() <= position and (before is None or match.start() > before[0]):
+                before = (match.start(), key)
+            elif match.start() >= end and (after is None or match.start() < after[0]):
+                after = (match.start(), key)
+    best = before or after
     return best[1] if best else None
 
 
@@ -315,6 +323,16 @@ def asks_uptake(question: str) -> bool:
 def asks_count(question: str) -> bool:
     """Whether a question asks how many findings there are ("How many nodules are there?", "有几个结节？")."""
     return bool(_COUNT_QUESTION.search(question))
+
+
+def asks_largest(question: str) -> bool:
+    """Whether a question asks about the largest finding of a label ("Where is the largest nodule?")."""
+    return bool(_LARGEST_QUESTION.search(question))
+
+
+def asks_side(question: str) -> bool:
+    """Whether a question asks which side a finding is on ("Which side is the effusion on?", "气胸在哪一侧？")."""
+    return bool(_SIDE_QUESTION.search(question))
 
 
 def asks_size(question: str) -> bool:

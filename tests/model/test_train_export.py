@@ -149,6 +149,7 @@ def test_runtime_prompt_with_findings_is_the_training_prompt(smoke_bundle: Path)
     token sequence from the manifest's templates, else answers stop binding to the heads."""
     runner = BundleRunner(smoke_bundle, device="cpu")
     assert runner.takes_findings  # the smoke run trains with the findings text; a bundle trained without lacks it
+    assert runner.takes_uptake and runner.takes_answer_forms  # and the recipe's SUVmax and answer forms with it
     assert "context" not in inference_templates(context=False)
     tok = Tokenizer.from_file(str(smoke_bundle / "tokenizer.json"))
     findings = {"en": "Nodule in the right upper lobe, measuring 12 mm.", "zh": "右肺上叶见结节，大小约12毫米。"}

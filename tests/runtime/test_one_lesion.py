@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dicom_agent.dicom.codes import Code
 from dicom_agent.inference.bundle_adapter import _one_lesion_by_size
 from dicom_agent.inference.types import Finding, ImageRef, Mask
-from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
+from tests.runtime.findings import finding
 
-VOCAB: Vocabulary = project_vocabulary()
 IMAGES = [ImageRef("1.2.3", "1.2.3.4", f"1.2.3.4.{k}", "1.2.840.10008.5.1.4.1.1.2") for k in range(4)]
 
 
@@ -20,17 +18,7 @@ def _region(rows: slice, cols: slice) -> np.ndarray:
 
 
 def _lesion(label: str, size_mm: float | None, pixels: np.ndarray | None) -> Finding:
-    spec = VOCAB.labels[label]
-    return Finding(
-        label=label,
-        code=Code(*spec.code),
-        name_en=spec.name_en,
-        name_zh=spec.name_zh,
-        probability=0.9,
-        present=True,
-        size_mm=size_mm,
-        mask=Mask("1.2.3.4", IMAGES, pixels) if pixels is not None else None,
-    )
+    return finding(label, size_mm=size_mm, mask=Mask("1.2.3.4", IMAGES, pixels) if pixels is not None else None)
 
 
 def test_a_region_both_labels_report_keeps_the_label_its_size_names() -> None:

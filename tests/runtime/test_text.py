@@ -10,7 +10,9 @@ import pytest
 from dicom_agent.dicom.codes import Code
 from dicom_agent.inference.parse import (
     asks_count,
+    asks_largest,
     asks_ratio,
+    asks_side,
     asks_size,
     asks_uptake,
     fact,
@@ -23,6 +25,7 @@ from dicom_agent.inference.render import CONTEXT_FINDINGS, NORMAL, context_text,
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
 from models.synthetic import make_case
+from tests.runtime.findings import finding
 
 VOCAB: Vocabulary = project_vocabulary()
 FOCAL_LOCATIONS = [k for k in VOCAB.locations if not k.endswith("pleura")]
@@ -215,7 +218,14 @@ def test_parser_reads_the_phantoms_suvmax() -> None:
 
 
 @pytest.mark.parametrize(
-    ("asks", "kind"), [(asks_uptake, "suv"), (asks_ratio, "ratio"), (asks_count, "count"), (asks_size, "size")]
+    ("asks", "kind"),
+    [
+        (asks_uptake, "suv"),
+        (asks_ratio, "ratio"),
+        (asks_count, "count"),
+        (asks_size, "size"),
+        (asks_side, "laterality"),
+    ],
 )
 def test_only_questions_of_their_kind_are_recognised(asks: Callable[[str], bool], kind: str) -> None:
     """Every phantom question about the most active lesion ("suv"), the cardiothoracic ratio ("ratio"), how many
@@ -242,3 +252,68 @@ def test_an_uptake_question_gets_the_hottest_lesion_first() -> None:
         assert (largest.size_mm, largest.suv_max) == (30.0, 4.1)
         plain = parse(prompt_findings(findings, lang, VOCAB, question, uptake=False), lang, VOCAB)
         assert plain[0].size_mm == 30.0 and all(p.suv_max is None for p in plain)
+
+
+def _present(label: str, *places: tuple[str | None, str | None, float]) -> list[Finding]:
+    """Present findings of one label at (location, laterality, size) each."""
+    critical = VOCAB.labels[label].critical
+    return [finding(label, location=loc, laterality=side, size_mm=mm, critical=critical) for loc, side, mm in places]
+
+
+def test_a_count_question_gets_how_many_when_the_bundle_takes_answer_forms() -> None:
+    """ "How many …?" is answered by a number the text states (answer forms on); an absent finding is not
+    counted; other questions get the sentences."""
+    lesions = _present(
+        "hypermetabolic_lesion", ("mediastinum", None, 15.0), ("liver", None, 12.0), ("right_upper_lobe", "right", 9.0)
+    )
+    lesions.append(_present("hypermetabolic_lesion", ("liver", None, 20.0))[0])
+    lesions[-1].present = False
+    asked = {"en": "How many hypermetabolic lesions are there?", "zh": "有几个高代谢病灶？"}
+    said = {lang: prompt_findings(lesions, lang, VOCAB, q, answer_forms=True) for lang, q in asked.items()}
+    assert said == {"en": "3 hypermetabolic lesions.", "zh": "共有3个高代谢病灶。"}
+    plain = prompt_findings(lesions, "en", VOCAB, asked["en"])
+    assert len(parse(plain, "en", VOCAB)) == 3 and "3" not in plain  # older bundles: the sentences they know
+    one = _present("nodule", ("left_lower_lobe", "left", 6.0))
+    assert prompt_findings(one, "en", VOCAB, "How many nodules are seen?", answer_forms=True) == "1 nodule."
+    assert prompt_findings(one, "zh", VOCAB, "共有多少个肿块？", answer_forms=True) == "未见肿块。"
+    other = prompt_findings(lesions, "en", VOCAB, "Is there a hypermetabolic lesion?", answer_forms=True)
+    assert [f.location for f in parse(other, "en", VOCAB)] == ["mediastinum", "liver", "right_upper_lobe"]
+
+
+def test_a_question_about_the_largest_gets_it_alone() -> None:
+    """ "Where is the largest …?" / "最大的…有多大？" (answer forms on): the largest finding of the label alone."""
+    lesions = _present("nodule", ("left_lower_lobe", "left", 6.0), ("right_middle_lobe", "right", 14.0))
+    lesions += _present("mass", ("left_upper_lobe", "left", 40.0))
+    for lang, question in (("en", "Where is the largest nodule?"), ("zh", "最大的结节有多大？")):
+        assert asks_largest(question)
+        (only,) = parse(prompt_findings(lesions, lang, VOCAB, question, answer_forms=True), lang, VOCAB)
+        assert (only.label, only.location, only.size_mm) == ("nodule", "right_middle_lobe", 14.0)
+        assert len(parse(prompt_findings(lesions, lang, VOCAB, question), lang, VOCAB)) == 2
+    kinds = {
+        qa.kind
+        for seed in range(20)
+        for qa in make_case("pet", seed, size=64, depth=16).qa
+        if asks_largest(qa.question)
+    }
+    assert kinds == {"location", "size"}
+
+
+def test_sides_are_stated_as_the_questions_ask_them() -> None:
+    """With answer forms, an English side follows the finding's name ("on the left", the question's token, not
+    the sentence-initial "Left"); "Which side …?" about an effusion found left and right states it on both sides.
+    The parser reads each back; without answer forms the impression's sentences stay."""
+    both = _present("pleural_effusion", (None, "left", 30.0), (None, "right", 20.0))
+    sides = {"en": "Which side is the pleural effusion on?", "zh": "胸腔积液在哪一侧？"}
+    for lang, question in sides.items():
+        text = prompt_findings(both, lang, VOCAB, question, answer_forms=True)
+        assert text == {"en": "Pleural effusion on both sides.", "zh": "双侧胸腔积液。"}[lang]
+        assert {(f.label, f.laterality) for f in parse(text, lang, VOCAB)} == {("pleural_effusion", "bilateral")}
+        assert len(parse(prompt_findings(both, lang, VOCAB, question), lang, VOCAB)) == 2
+    asked = "Is there a left pleural effusion?"
+    for found, side in ((both[:1], "left"), (both[1:], "right")):
+        text = prompt_findings(found, "en", VOCAB, asked, answer_forms=True)
+        assert text.startswith(f"Pleural effusion on the {side}, measuring")
+        assert [f.laterality for f in parse(text, "en", VOCAB)] == [side]
+        assert prompt_findings(found, "en", VOCAB, asked).startswith(f"{side.capitalize()} pleural effusion, ")
+    text = prompt_findings(both, "en", VOCAB, "Is there a pleural effusion?", answer_forms=True)
+    assert [f.laterality for f in parse(text, "en", VOCAB)] == ["left", "right"]
