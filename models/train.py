@@ -471,7 +471,11 @@ def stage2(
             facts = findings_of(s.extra["lesions"], rng, cfg.context_drop) if cfg.context else None  # type: ignore[arg-type]
             if reports or not s.qa:
                 lang = "en" if rng.random() < 0.5 else "zh"
-                context = findings_text(facts, lang, None, cfg.context_uptake) if facts is not None else None
+                context = (
+                    findings_text(facts, lang, None, cfg.context_uptake, cfg.context_answer_forms)
+                    if facts is not None
+                    else None
+                )
                 ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
             else:
                 qa = s.qa

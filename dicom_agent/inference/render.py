@@ -226,9 +226,9 @@ def prompt_findings(
     answer_forms: bool = False,
 ) -> str:
     """The findings text for a decoder prompt about ``question`` (or for the narrative when None): the one
-    place that turns a question into :func:`context_text`'s choices, for the runtime and for training alike."""
+    place that turns a question into :func:`context_text`'s choices, for the runtime and for training alike.
+    Answer forms are for questions: the narrative's prompt keeps the impression's sentences, as in training."""
     about = question_labels(question, lang, vocabulary) if question else None
     hottest = bool(question) and uptake and asks_uptake(question or "")
-    return context_text(
-        findings, lang, vocabulary, about, uptake, hottest, answer_forms=answer_forms, question=question or ""
-    )
+    forms = bool(question) and answer_forms
+    return context_text(findings, lang, vocabulary, about, uptake, hottest, answer_forms=forms, question=question or "")

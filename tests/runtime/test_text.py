@@ -317,3 +317,5 @@ def test_sides_are_stated_as_the_questions_ask_them() -> None:
         assert prompt_findings(found, "en", VOCAB, asked).startswith(f"{side.capitalize()} pleural effusion, ")
     text = prompt_findings(both, "en", VOCAB, "Is there a pleural effusion?", answer_forms=True)
     assert [f.laterality for f in parse(text, "en", VOCAB)] == ["left", "right"]
+    narrative = prompt_findings(both, "en", VOCAB, None, answer_forms=True)  # trained on the impression's form
+    assert narrative == prompt_findings(both, "en", VOCAB) and narrative.startswith("Left pleural effusion")
