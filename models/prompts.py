@@ -68,7 +68,7 @@ def inference_templates(context: bool = False) -> dict[str, dict[str, str]]:
 def prompts_of(recipe: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``prompts`` for a training recipe: the templates, and ``context_uptake`` when its findings
     text stated PET SUVmax (the runtime then writes it into the prompt too; older decoders never saw it), and
-    ``context_answer_forms`` when it summed up counts and both-sided findings."""
+    ``context_answer_forms`` when it worded each answer as its question asks it (``render.context_text``)."""
     out: dict[str, Any] = dict(inference_templates(bool(recipe.get("context", False))))
     if recipe.get("context") and recipe.get("context_uptake"):
         out["context_uptake"] = True

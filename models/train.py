@@ -69,9 +69,10 @@ class TrainConfig:
     # the findings text states each PET lesion's SUVmax, as the runtime measures it on the source voxels since
     # 0.10.0 (manifest ``prompts.context_uptake``): "What is the highest SUVmax?" is answered from the text
     context_uptake: bool = True
-    # a count for "How many …?" and "on both sides" for "Which side …?" where a label lies on both (manifest
+    # for questions, each answer worded as the question asks it (``render.context_text``: a count for "How many
+    # …?", "on both sides", the largest alone, English sides after the name; manifest
     # ``prompts.context_answer_forms``, since 0.13.0): the decoder of 0.12.0 answered "2" for 3 or 4 listed PET
-    # lesions and the first side named for a bilateral effusion; both answers are now words of the text
+    # lesions, the first side named for a bilateral effusion and "liver" for the mediastinum in English
     context_answer_forms: bool = True
     # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions

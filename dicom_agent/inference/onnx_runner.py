@@ -665,8 +665,8 @@ class BundleRunner:
 
     @property
     def takes_answer_forms(self) -> bool:
-        """Whether that findings text summed up counts and both-sided findings for the questions asking them
-        (manifest ``prompts.context_answer_forms``, since 0.13.0)."""
+        """Whether that findings text worded each answer as its question asks it (counts, both sides, the largest
+        alone, English sides after the name; manifest ``prompts.context_answer_forms``, since 0.13.0)."""
         return bool(self.manifest["prompts"].get("context_answer_forms", False))
 
     def prompt_ids(self, task: str, lang: str, question: str | None = None, findings: str | None = None) -> list[int]:
