@@ -4,7 +4,9 @@ At inference the decoder's prompt starts with the impression the deterministic r
 findings (``dicom_agent.inference.render``); in stage 2 the same renderer writes it from the phantom's ground
 truth, so the decoder learns to answer from that text. The runtime sometimes cannot give a finding its side,
 location or size (an empty mask, no box): ``drop`` removes those attributes at random so that the decoder also
-learns to fall back on the image when the text is silent. ``counterfactual`` moves and resizes the findings
+learns to fall back on the image when the text is silent; ``missed`` removes the findings a question asks about, as
+when the heads miss a lesion, so that a question about where or how large it is gets answered from the image
+too. ``counterfactual`` moves and resizes the findings
 so that some answers are in the text only: the decoder learns to copy from it instead of recognising the image.
 """
 
@@ -15,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from dicom_agent.inference.parse import question_labels
 from dicom_agent.inference.render import prompt_findings
 from dicom_agent.inference.types import Finding
 from dicom_agent.inference.vocabulary import Vocabulary, project_vocabulary
@@ -61,6 +64,15 @@ def findings_of(
             )
         )
     return out
+
+
+def missed(findings: Sequence[Finding], question: str, lang: str) -> list[Finding]:
+    """``findings`` without those of the labels ``question`` names: the prompt says "No <finding>." as the
+    runtime's does when the heads missed it. Training's answer stays the image's (where it is, how large), which
+    the decoder of 0.13.0 never saw after such a text and got wrong (a lobe in English, a broken character in
+    Chinese) where 0.12.0's had answered from the image."""
+    about = question_labels(question, lang, _vocabulary())
+    return [f for f in findings if f.label not in about]
 
 
 Places = dict[tuple[str, str], list[tuple[str | None, str | None]]]  # (kind, label) -> (location, laterality)

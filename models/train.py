@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from models.context import LesionFacts, counterfactual, findings_of, findings_text, places_of
+from models.context import LesionFacts, counterfactual, findings_of, findings_text, missed, places_of
 from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
 from models.network import NetConfig, UnifiedModel, count_parameters
@@ -41,6 +41,8 @@ SEG_POS_WEIGHT = 3.0  # segmentation BCE: positives weighted up (10 pushed high-
 # tokens as mid-sentence in that text ("Ġright Ġmiddle Ġlobe", "Ġ44 Ġmm"): an answer copied from it is a plain copy.
 # Chinese text has no spaces, except before an SUVmax ("SUVmax 13.3"): such an answer gets one too
 ANSWER_PREFIX = {"en": " ", "zh": ""}
+# question kinds that presume the finding they ask about (``TrainConfig.context_miss``)
+MISS_KINDS = frozenset({"location", "laterality", "size"})
 CLS_WEIGHT = 5.0  # finding logits learn slowest: the dense heads dominate the shared encoder's gradient
 
 
@@ -74,6 +76,11 @@ class TrainConfig:
     # ``prompts.context_answer_forms``, since 0.13.0): the decoder of 0.12.0 answered "2" for 3 or 4 listed PET
     # lesions, the first side named for a bilateral effusion and "liver" for the mediastinum in English
     context_answer_forms: bool = True
+    # share of stage-2 questions of a kind that presumes the finding (``MISS_KINDS``: where, which side, how large)
+    # whose findings text leaves that finding out (``models.context.missed``: "No nodule."), the answer still the
+    # image's: at inference the text says so when the heads missed a lesion. 0.13.0, trained without, answered
+    # such CT location questions with a lobe the image did not show (6 of 40 held-out CTs, docs/model.md)
+    context_miss: float = 0.15
     # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions
     qa_balance: bool = True
@@ -480,10 +487,13 @@ def stage2(
                 ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
             else:
                 qa = s.qa
-                if facts is not None and cfg.context_swap and rng.random() < cfg.context_swap:
+                swapped = facts is not None and bool(cfg.context_swap) and rng.random() < cfg.context_swap
+                if swapped:
                     moved = counterfactual(kind, s.extra["lesions"], places, rng)  # type: ignore[arg-type]
                     facts, qa = findings_of(moved), questions_about(kind, moved, rng)  # the text is the only source
-                lang, q, a, _ = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
+                lang, q, a, asked = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
+                if facts is not None and not swapped and asked in MISS_KINDS and rng.random() < cfg.context_miss:
+                    facts = missed(facts, q, lang)  # the image is the only source
                 context = (
                     findings_text(facts, lang, q, cfg.context_uptake, cfg.context_answer_forms)
                     if facts is not None

@@ -103,3 +103,30 @@ def test_answers_copied_from_the_findings_text_are_the_same_tokens_there() -> No
     assert {k for k, n in checked.items() if n >= 3} == {
         (lang, k) for lang in ("en", "zh") for k in ("location", "size", "suv")
     }
+
+
+@pytest.mark.parametrize("kind", ["cxr", "ct"])
+def test_missed_findings_leave_the_answer_to_the_image(kind: str) -> None:
+    """A question presuming a finding (where, which side, how large) after a text that leaves it out, as when
+    the heads missed it: the text says "No <finding>." for the labels asked about only, and the answer is in
+    the image, not in the text."""
+    from dicom_agent.inference.render import ABSENT
+    from models.context import findings_of, findings_text, missed
+    from models.dataset import make_samples
+    from models.train import MISS_KINDS, questions_about
+
+    rng = np.random.default_rng(2)
+    asked: Counter[str] = Counter()
+    for s in make_samples(kind, 40 if kind == "cxr" else 12, 1_000):
+        facts = findings_of(s.extra["lesions"])
+        for lang, question, answer, qkind in questions_about(kind, s.extra["lesions"], rng):
+            if qkind not in MISS_KINDS:
+                continue
+            kept = missed(facts, question, lang)
+            gone = {f.label for f in facts} - {f.label for f in kept}
+            assert len(gone) == 1 and all(f.label not in gone for f in kept), (question, gone)
+            text = findings_text(kept, lang, question, uptake=True, answer_forms=True)
+            name = next(f.name_en if lang == "en" else f.name_zh for f in facts if f.label in gone)
+            assert text == ABSENT[lang].format(name=name) and answer.strip() not in text, (question, answer, text)
+            asked[qkind] += 1
+    assert set(asked) == MISS_KINDS, asked  # the kinds as the phantoms' questions name them
