@@ -79,7 +79,7 @@ class TrainConfig:
     # share of stage-2 questions of a kind that presumes the finding (``MISS_KINDS``: where, which side, how large)
     # whose findings text leaves that finding out (``models.context.missed``: "No nodule."), the answer still the
     # image's: at inference the text says so when the heads missed a lesion. 0.13.0, trained without, answered
-    # such CT location questions with a lobe the image did not show (6 of 40 held-out CTs, docs/model.md)
+    # such CT location questions with a lobe the image did not show (6 answers on 40 held-out CTs, docs/model.md)
     context_miss: float = 0.15
     # stage-2 VQA picks a question kind uniformly among a case's kinds, then a question of it: sampled by question,
     # presence questions (a dozen per radiograph) drowned the few location / size / side questions
