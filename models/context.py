@@ -5,9 +5,10 @@ findings (``dicom_agent.inference.render``); in stage 2 the same renderer writes
 truth, so the decoder learns to answer from that text. The runtime sometimes cannot give a finding its side,
 location or size (an empty mask, no box): ``drop`` removes those attributes at random so that the decoder also
 learns to fall back on the image when the text is silent; ``missed`` removes the findings a question asks about, as
-when the heads miss a lesion, so that a question about where or how large it is gets answered from the image
-too. ``counterfactual`` moves and resizes the findings
-so that some answers are in the text only: the decoder learns to copy from it instead of recognising the image.
+when the heads miss a lesion, so that a question about where or how large it is still gets an answer (trained on
+the image's; 0.14.0 learnt the most frequent place from it, docs/model.md). ``counterfactual`` moves and resizes
+the findings so that some answers are in the text only: the decoder learns to copy from it instead of recognising
+the image.
 """
 
 from __future__ import annotations
