@@ -71,7 +71,7 @@ def missed(findings: Sequence[Finding], question: str, lang: str) -> list[Findin
     """``findings`` without those of the labels ``question`` names: the prompt says "No <finding>." as the
     runtime's does when the heads missed it. Training's answer stays the image's (where it is, how large), which
     the decoder of 0.13.0 never saw after such a text and got wrong (a lobe in English, a broken character in
-    Chinese) where 0.12.0's had answered from the image."""
+    Chinese) where 0.12.0's had answered right."""
     about = question_labels(question, lang, _vocabulary())
     return [f for f in findings if f.label not in about]
 
