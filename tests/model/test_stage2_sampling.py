@@ -124,7 +124,7 @@ def test_missed_findings_leave_the_answer_to_the_image(kind: str) -> None:
                 continue
             kept = missed(facts, question, lang)
             gone = {f.label for f in facts} - {f.label for f in kept}
-            assert len(gone) == 1, (question, gone)  # the label asked about, every other finding kept
+            assert len(gone) == 1, (question, gone)  # one label out: the one the text below says is absent
             text = findings_text(kept, lang, question, uptake=True, answer_forms=True)
             name = next(f.name_en if lang == "en" else f.name_zh for f in facts if f.label in gone)
             assert text == ABSENT[lang].format(name=name) and answer.strip() not in text, (question, answer, text)
