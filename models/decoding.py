@@ -35,6 +35,12 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   0.04 → 0.22 (0.5). Since bundle 0.11.0 also how far past the mapped mask the outline may grow (``size_reach``, 0–2
   source pixels; 2 unless listed): 0.11.0's network finds CT masses against the chest wall, and an outline that
   may grow 2 pixels takes in the wall's soft tissue (every level alike: 20–60 HU against 40 HU).
+  Since session 29 also whether the outline is counted between the samples (``size_subvoxel``: the values
+  interpolated onto ~1 mm cells, ``measure.interpolated_measure``) and levels 0.45 and 0.55 besides; PET SUVs are
+  measured unclipped. Bundle 0.14.0's graphs, 300 validation cases per kind (0.14.0's choice → 0.14.1's): PET
+  lesions 0.420 → 0.701 (0.45 between the samples), CT nodules 0.337 → 0.380 (0.55 within 0 px, between), CT masses
+  0.205 → 0.308 (0.6 within 0 px, between), radiograph nodules 0.517 (0.6, whole pixels, unchanged), radiograph
+  masses model grid 0 → 0.591 (0.6; 22 cases, too few among 100 before).
 - ``thresholds``: per kind and label, the probability at which the label counts as present: the best F1 on the
   validation cases (the threshold training chooses is pooled over the kinds a label applies to, and radiographs
   and CT are not calibrated alike). Bundle 0.10.1's graphs, 300 validation cases per kind, F1 pooled → per kind:
@@ -82,12 +88,16 @@ FLUID_LEVELS = (0.3, 0.4, 0.5, 0.6)
 FLUID_BAND_HU = (20.0, 25.0, 30.0, 35.0)
 BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
-SIZE_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SIZE_LEVELS = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 # source pixels past the mapped mask a size outline may reach; the runtime's DELINEATION_REACH (2) is the default
 SIZE_REACHES = (0, 1, 2)
+# whether the outline is counted between the samples (``measure.interpolated_measure``) or by whole pixels
+SIZE_SUBVOXEL = (False, True)
 SIZE_MARGIN = 0.05  # share of validation cases stated to the mm a source-grid size must gain over the model grid's
 SIZE_MIN_CASES = 8  # fewer validation cases with a label both drawn and found keep the model-grid size
-SIZE_CASES = 100
+# validation phantoms per kind the size outlines are chosen on: with 100, 42 options picked on ~30 CT nodules
+# chose one that stated fewer held-out sizes than the option before (session 29, docs/model.md)
+SIZE_CASES = 300
 
 
 def _mean_dice(
@@ -365,25 +375,31 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     return out
 
 
-def size_option(level: float, reach: int) -> str:
-    """The calibration table's name of an outline option: the level, and the reach where it is not the default
-    (``"0.5"``, ``"0.5 r0"``), so tables from before ``size_reach`` read the same."""
-    return f"{level:g}" if reach == DELINEATION_REACH else f"{level:g} r{reach}"
+SizeOption = tuple[float, int, bool]  # (level, reach, counted between the samples)
 
 
-def parse_size_option(name: str) -> tuple[float, int]:
-    """(level, reach) of a :func:`size_option` name."""
+def size_option(level: float, reach: int, subvoxel: bool = False) -> str:
+    """The calibration table's name of an outline option: the level, the reach where it is not the default and
+    " sub" where it is counted between the samples (``"0.5"``, ``"0.5 r0"``, ``"0.45 r1 sub"``), so tables from
+    before ``size_reach`` and ``size_subvoxel`` read the same."""
+    name = f"{level:g}" if reach == DELINEATION_REACH else f"{level:g} r{reach}"
+    return f"{name} sub" if subvoxel else name
+
+
+def parse_size_option(name: str) -> SizeOption:
+    """(level, reach, subvoxel) of a :func:`size_option` name."""
+    name, subvoxel = name.removesuffix(" sub"), name.endswith(" sub")
     level, _, reach = name.partition(" r")
-    return float(level), int(reach) if reach else DELINEATION_REACH
+    return float(level), int(reach) if reach else DELINEATION_REACH, subvoxel
 
 
 def choose_size_fractions(
     bundle: Path, cases: int, seed: int = VAL_SEED
-) -> tuple[dict[str, dict[str, tuple[float, int]]], dict[str, Any]]:
-    """Per kind and diameter label, the source-grid outline (level, reach) whose equivalent diameter of the largest
-    lesion found equals the largest drawn (whole mm) most often on ``cases`` validation phantoms (ties: the
-    smaller median error, the wider reach, the level nearer half), kept where it beats the model-grid size by
-    ``SIZE_MARGIN`` on at least ``SIZE_MIN_CASES`` cases; and the table behind it (share exact per option)."""
+) -> tuple[dict[str, dict[str, SizeOption]], dict[str, Any]]:
+    """Per kind and diameter label, the source-grid outline (level, reach, subvoxel) whose equivalent diameter of
+    the largest lesion found equals the largest drawn (whole mm) most often on ``cases`` validation phantoms (ties:
+    :func:`pick_size_level`), kept where it beats the model-grid size by ``SIZE_MARGIN`` on at least
+    ``SIZE_MIN_CASES`` cases; and the table behind it (share exact per option)."""
     import shutil
     import tempfile
 
@@ -394,7 +410,7 @@ def choose_size_fractions(
 
     adapter = BundleAdapter(bundle, device="cpu", languages=("en",), narrative=False)
     adapter.runner.size_fraction = {}  # the findings keep their model-grid sizes: the baseline
-    chosen: dict[str, dict[str, tuple[float, int]]] = {}
+    chosen: dict[str, dict[str, SizeOption]] = {}
     table: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="size-calibration-"))
     try:
@@ -408,10 +424,10 @@ def choose_size_fractions(
                     row = errors.setdefault(label, {})
                     row.setdefault("model", []).append(mm(got) - truth)
                     found = [f for f in item.findings if f.label == label and f.size_mm is not None]
-                    for level, reach in itertools.product(SIZE_LEVELS, SIZE_REACHES):
+                    for option in itertools.product(SIZE_LEVELS, SIZE_REACHES, SIZE_SUBVOXEL):
                         # as the runtime: the model-grid size where no outline is drawn
-                        sizes = [_outlined_size(grid, f.mask, level, reach) or float(f.size_mm or 0.0) for f in found]
-                        row.setdefault(size_option(level, reach), []).append(mm(max(sizes)) - truth)
+                        sizes = [_outlined_size(grid, f.mask, *option) or float(f.size_mm or 0.0) for f in found]
+                        row.setdefault(size_option(*option), []).append(mm(max(sizes)) - truth)
                 shutil.rmtree(work / f"{kind}{i}", ignore_errors=True)
             table[kind] = {}
             for label, row in errors.items():
@@ -427,24 +443,30 @@ def choose_size_fractions(
     return chosen, table
 
 
-def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> tuple[float, int] | None:
-    """The outline (level, reach) to measure a label at, from (share stated to the mm, median absolute error) per
-    option ("model" = the model-grid size, else a :func:`size_option`): the best share, then the smaller error,
-    then the wider reach (the rule before ``size_reach``), then the level nearer half; None where fewer than
-    ``SIZE_MIN_CASES`` cases or no option beats the model grid by ``SIZE_MARGIN``."""
+def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> SizeOption | None:
+    """The outline (level, reach, subvoxel) to measure a label at, from (share stated to the mm, median absolute
+    error) per option ("model" = the model-grid size, else a :func:`size_option`): the best share, then the smaller
+    error, then whole pixels (the rule before ``size_subvoxel``: less work), then the wider reach (the rule before
+    ``size_reach``), then the level nearer half; None where fewer than ``SIZE_MIN_CASES`` cases or no option beats
+    the model grid by ``SIZE_MARGIN``."""
     options = {name: parse_size_option(name) for name in summary if name != "model"}
     if cases < SIZE_MIN_CASES or not options:
         return None
-    best = max(options, key=lambda n: (summary[n][0], -summary[n][1], options[n][1], -abs(options[n][0] - 0.5)))
+
+    def rank(name: str) -> tuple[float, float, bool, int, float]:
+        level, reach, subvoxel = options[name]
+        return summary[name][0], -summary[name][1], not subvoxel, reach, -abs(level - 0.5)
+
+    best = max(options, key=rank)
     return options[best] if summary[best][0] >= summary["model"][0] + SIZE_MARGIN else None
 
 
-def _outlined_size(grid: Any, mask: Any, level: float, reach: int) -> float | None:
-    """A finding's equivalent diameter outlined on the source grid at ``level`` within ``reach`` pixels of its mask
-    (None: no grid or no mask)."""
+def _outlined_size(grid: Any, mask: Any, level: float, reach: int, subvoxel: bool = False) -> float | None:
+    """A finding's equivalent diameter outlined on the source grid at ``level`` within ``reach`` pixels of its mask,
+    counted between the samples with ``subvoxel`` (None: no grid or no mask)."""
     if grid is None or mask is None:
         return None
-    return grid.diameter(mask.pixels.reshape(grid.values.shape), level, reach)
+    return grid.diameter(mask.pixels.reshape(grid.values.shape), level, reach, subvoxel)
 
 
 def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases: int | None = None) -> dict[str, Any]:
@@ -461,18 +483,23 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases
     manifest["decoding"] = {k: v for k, v in manifest["decoding"].items() if k not in chosen} | chosen
     manifest["decoding"].pop("size_fraction", None)
     manifest["decoding"].pop("size_reach", None)
+    manifest["decoding"].pop("size_subvoxel", None)
     write_manifest(path, manifest)
     outlines, size_table = choose_size_fractions(bundle, min(cases, SIZE_CASES) if size_cases is None else size_cases)
-    fractions = {kind: {key: level for key, (level, _) in per.items()} for kind, per in outlines.items()}
+    fractions = {kind: {key: level for key, (level, _, _) in per.items()} for kind, per in outlines.items()}
     narrower = {
-        kind: {key: reach for key, (_, reach) in per.items() if reach != DELINEATION_REACH}
+        kind: {key: reach for key, (_, reach, _) in per.items() if reach != DELINEATION_REACH}
         for kind, per in outlines.items()
     }
     reaches = {kind: per for kind, per in narrower.items() if per}
+    between = {kind: sorted(key for key, (_, _, sub) in per.items() if sub) for kind, per in outlines.items()}
+    subvoxel = {kind: keys for kind, keys in between.items() if keys}
     if fractions:
         manifest["decoding"]["size_fraction"] = fractions
     if reaches:
         manifest["decoding"]["size_reach"] = reaches
+    if subvoxel:
+        manifest["decoding"]["size_subvoxel"] = subvoxel
     manifest["decoding"]["calibration"]["size_exact"] = size_table
     write_manifest(path, manifest)
     return manifest

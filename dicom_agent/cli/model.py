@@ -140,8 +140,13 @@ def calibrate(
     bundle: Annotated[Path, typer.Option(help="bundle directory")] = DEFAULT_BUNDLE,
     cases: Annotated[int, typer.Option(min=5, help="validation phantoms per kind")] = 300,
     size_cases: Annotated[
-        int, typer.Option(min=0, help="validation phantoms per kind written as DICOM to choose the size fractions")
-    ] = 100,
+        int | None,
+        typer.Option(
+            min=0,
+            help="validation phantoms per kind written as DICOM to choose the size outlines "
+            "(default: --cases, at most 300)",
+        ),
+    ] = None,
 ) -> None:
     """Re-choose a bundle's decoding (decision threshold, mask threshold, delineation, fluid level and water band,
     box source, whether masks give a side and the source-grid size fraction, per label) on validation phantoms and
@@ -174,11 +179,17 @@ def calibrate(
     for kind, keys in decoding["unsided"].items():
         out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
     reaches = decoding.get("size_reach", {})
+    between = decoding.get("size_subvoxel", {})
     for kind, fractions in decoding.get("size_fraction", {}).items():
-        reach = reaches.get(kind, {})
+        reach, sub = reaches.get(kind, {}), set(between.get(kind, []))
         out(
             f"{kind} sizes outlined on the source grid at: "
-            + ", ".join(f"{k} {v:g}" + (f" within {reach[k]} px" if k in reach else "") for k, v in fractions.items())
+            + ", ".join(
+                f"{k} {v:g}"
+                + (f" within {reach[k]} px" if k in reach else "")
+                + (" between the samples" if k in sub else "")
+                for k, v in fractions.items()
+            )
         )
 
 

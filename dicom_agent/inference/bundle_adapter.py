@@ -554,12 +554,14 @@ class BundleAdapter:
 
     def _source_size(self, kind: str, grid: SourceGrid | None, key: str, source_mask: np.ndarray) -> float | None:
         """A round lesion's equivalent diameter on the source grid where the manifest gives its label a size
-        fraction (``decoding.size_fraction``, outlined at most ``decoding.size_reach`` pixels past the mask), else
-        None (the caller keeps its model-grid measurement)."""
+        fraction (``decoding.size_fraction``, outlined at most ``decoding.size_reach`` pixels past the mask, counted
+        between the samples for the labels in ``decoding.size_subvoxel``), else None (the caller keeps its model-grid
+        measurement)."""
         fraction = self.runner.size_fraction.get(kind, {}).get(key)
         if fraction is None or grid is None:
             return None
-        return grid.diameter(source_mask, fraction, self.runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH))
+        reach = self.runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH)
+        return grid.diameter(source_mask, fraction, reach, key in self.runner.size_subvoxel.get(kind, set()))
 
     def _side_location(self, side: str) -> str | None:
         """The vocabulary's side-only site for non-focal findings (e.g. ``right_pleura``), if it has one."""
@@ -623,9 +625,12 @@ def _grid_2d(radiograph: Radiograph) -> SourceGrid | None:
 
 def _grid_3d(volume: Volume, window_range: tuple[float, float]) -> SourceGrid:
     """The source stack (a view, not a copy), (slice, row, column) like the source-grid masks, with the model's
-    window."""
+    window for HU (above its top lies bone, not lesion); uptake is measured as it is: a PET window's top (10 SUV)
+    is a display range, and clipped there a lesion of SUVmax 15 was outlined at a third of its peak, not half."""
     sx, sy, sz = volume.source_spacing
-    return SourceGrid(sitk.GetArrayViewFromImage(volume.source), (sz, sy, sx), window_range)
+    return SourceGrid(
+        sitk.GetArrayViewFromImage(volume.source), (sz, sy, sx), window_range if volume.unit == "HU" else None
+    )
 
 
 def _uptake(volume: Volume, region: np.ndarray, boxes: list[Box]) -> tuple[float | None, int | None]:

@@ -207,7 +207,7 @@ def mask_components(mask: np.ndarray) -> np.ndarray:
         lab = grown
 
 
-def _grow_once(mask: np.ndarray) -> np.ndarray:
+def grow_once(mask: np.ndarray) -> np.ndarray:
     """``mask`` and its face neighbours (one step of binary dilation; nothing wraps around an edge)."""
     grown = mask.copy()
     for axis in range(mask.ndim):
@@ -221,7 +221,7 @@ def grow_from_seeds(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
     hysteresis, as in edge detection, with the seeds from a high threshold and the mask from a low one."""
     out = seeds & mask
     while True:
-        grown = _grow_once(out) & mask
+        grown = grow_once(out) & mask
         if np.array_equal(grown, out):
             return out
         out = grown
@@ -260,7 +260,7 @@ def delineate(image: np.ndarray, mask: np.ndarray, fraction: float, reach: int =
         part, pixels = labels[box] == k, image[box]
         near = part
         for _ in range(reach):
-            near = _grow_once(near)
+            near = grow_once(near)
         level = fraction * float(pixels[near].max())
         drawn = grow_from_seeds(part & (pixels >= level), near & (pixels >= level)) if level > 0 else part
         out[box] |= drawn if drawn.any() else part
@@ -287,7 +287,7 @@ def fluid_only(
     labels = mask_components(mask)
     undense = mask & ~np.isin(labels, np.unique(labels[dense]))
     if band is not None:
-        dense |= _grow_once(dense) & (image >= band[0]) & (image <= band[1])
+        dense |= grow_once(dense) & (image >= band[0]) & (image <= band[1])
     return dense | undense
 
 
@@ -444,6 +444,11 @@ class BundleRunner:
         self.size_reach: dict[str, dict[str, int]] = {
             kind: {key: int(r) for key, r in per_label.items()}
             for kind, per_label in decoding.get("size_reach", {}).items()
+        }
+        # and the labels whose outline is counted between the samples (``measure.interpolated_measure``): lesions
+        # a few voxels across, whose whole-voxel count misses the millimetre
+        self.size_subvoxel: dict[str, set[str]] = {
+            kind: set(labels) for kind, labels in decoding.get("size_subvoxel", {}).items()
         }
 
         available = ort.get_available_providers()

@@ -76,11 +76,14 @@ def test_a_size_level_is_picked_only_where_it_beats_the_model_grid() -> None:
     from models.decoding import SIZE_MIN_CASES, pick_size_level
 
     n = SIZE_MIN_CASES
-    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == (0.6, 2)  # the error
-    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == (0.6, 2)  # nearer half
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == (0.6, 2, False)  # error
+    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == (0.6, 2, False)  # half
     # the reach an outline may grow past the mask: a narrower one where it states more sizes, else the default
-    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.1, 3.0), "0.5 r0": (0.3, 0.0)}, n) == (0.5, 0)
-    assert pick_size_level({"model": (0.1, 3.0), "0.6": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.6, 2)
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.1, 3.0), "0.5 r0": (0.3, 0.0)}, n) == (0.5, 0, False)
+    assert pick_size_level({"model": (0.1, 3.0), "0.6": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.6, 2, False)
+    # counted between the samples where that states more sizes; on a tie, whole pixels (the reach comes after)
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.3, 1.0), "0.45 r1 sub": (0.7, 0.0)}, n) == (0.45, 1, True)
+    assert pick_size_level({"model": (0.1, 3.0), "0.5 sub": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.5, 1, False)
     assert pick_size_level({"model": (0.30, 1.0), "0.5": (0.33, 0.0)}, n) is None  # gains less than the margin
     assert pick_size_level({"model": (0.0, 3.0), "0.5": (0.9, 0.0)}, n - 1) is None  # too few cases
     assert pick_size_level({"model": (0.0, 3.0)}, n) is None
@@ -94,10 +97,12 @@ def test_the_shipped_bundle_measures_sizes_as_calibrated() -> None:
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
     assert runner.size_fraction == decoding["size_fraction"] and decoding["size_fraction"]
     assert runner.size_reach == decoding.get("size_reach", {})
+    assert runner.size_subvoxel == {kind: set(keys) for kind, keys in decoding.get("size_subvoxel", {}).items()}
     for kind, levels in decoding["size_fraction"].items():
         for key, level in levels.items():
             table = decoding["calibration"]["size_exact"][kind][key]
-            option = size_option(level, runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH))
+            reach = runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH)
+            option = size_option(level, reach, key in runner.size_subvoxel.get(kind, set()))
             assert table[option]["exact"] >= table["model"]["exact"] + SIZE_MARGIN
 
 

@@ -124,10 +124,78 @@ def test_a_radiograph_nodule_is_measured_on_its_stored_pixels() -> None:
     )
 
     def size(fractions: dict[str, dict[str, float]]) -> float | None:
-        adapter.runner = SimpleNamespace(box_source={}, size_fraction=fractions, size_reach={})
+        adapter.runner = SimpleNamespace(box_source={}, size_fraction=fractions, size_reach={}, size_subvoxel={})
         (finding,) = adapter._findings_2d(radiograph, result)  # type: ignore[arg-type]
         return finding.size_mm
 
     assert size({}) == 11.0  # the box's longest side on the model grid
     measured = size({"cxr": {"nodule": 0.5}})
     assert measured is not None and abs(measured - 13.0) < 0.5, measured
+
+
+def _pet_sphere(spacing: tuple[float, float, float], diameter: float, offset: float) -> np.ndarray:
+    """A PET phantom's lesion profile on anisotropic voxels: a paraboloid falling to half its peak at the sphere's
+    edge, then a soft rim, centred ``offset`` voxels off the grid."""
+    shape = (16, 24, 24)
+    grids = np.meshgrid(
+        *[(np.arange(n) - n / 2 - offset) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
+    )
+    d = np.sqrt(sum(g * g for g in grids))
+    r = diameter / 2
+    inner = 1.0 - 0.5 * (np.minimum(d, r) / r) ** 2
+    rim = 0.5 * np.exp(-(((d - r) / 3.0) ** 2))
+    return np.where(d <= r, inner, rim).astype(np.float32)
+
+
+def test_a_few_voxels_are_measured_between_the_samples() -> None:
+    """Lesions of 10-31 mm on 4 × 4 × 8 mm voxels (2 to 60 of them): counted whole, their volume steps with the
+    voxel centres crossed; counted on interpolated cells of about a millimetre it follows the diameter. Linear
+    interpolation cuts a convex outline's corners, so between the samples the level that states a sphere's diameter
+    sits a little under half the peak (0.45 here, as the calibration chose for the PET phantoms); mean error 0.54 mm
+    there, against 1.24 mm for whole voxels at half the peak and 2.49 mm at 0.45."""
+    spacing = (8.0, 4.0, 4.0)
+    lesions = (
+        (10.3, 0.13),
+        (12.8, 0.41),
+        (15.5, 0.27),
+        (17.2, 0.05),
+        (19.6, 0.33),
+        (23.4, 0.2),
+        (27.7, 0.37),
+        (31.1, 0.11),
+    )
+
+    def mean_error(level: float, subvoxel: bool) -> float:
+        errors = []
+        for diameter, offset in lesions:
+            values = _pet_sphere(spacing, diameter, offset)
+            measured = source_diameter(values, values >= 0.55, spacing, level, subvoxel=subvoxel)
+            assert measured is not None
+            errors.append(abs(measured - diameter))
+        return float(np.mean(errors))
+
+    between = mean_error(0.45, True)
+    assert between < 0.6 and 2 * between < min(mean_error(0.5, False), mean_error(0.45, False)), between
+    values = _pet_sphere(spacing, 15.5, 0.27)
+    mask = values >= 0.55
+    grid = SourceGrid(values, spacing)
+    assert grid.diameter(mask, 0.45, subvoxel=True) == pytest.approx(
+        source_diameter(values, mask, spacing, 0.45, 2, True)
+    )
+    assert source_diameter(values, np.zeros_like(mask), spacing, 0.5, subvoxel=True) is None
+
+
+def test_cells_split_each_pixel_evenly() -> None:
+    """Interpolated cells: a pixel of 2.5 mm splits into 3, one of 0.5 mm stays whole, one of 20 mm into the
+    maximum; each cell samples the linear ramp between pixel centres, edge cells the edge value."""
+    from dicom_agent.inference.measure import SUBVOXEL_MAX_SPLIT, _upsampled
+
+    ramp = np.array([0.0, 3.0], np.float32)
+    assert _upsampled(ramp, [3]) == pytest.approx([0.0, 0.0, 1.0, 2.0, 3.0, 3.0])
+    outline = np.ones((2, 2), bool)
+    values = np.ones((2, 2), np.float32)
+    from dicom_agent.inference.measure import interpolated_measure
+
+    assert interpolated_measure(values, outline, (2.5, 0.5), 0.5) == pytest.approx(5.0)  # the whole area
+    assert interpolated_measure(values, outline, (20.0, 1.0), 0.5) == pytest.approx(80.0)
+    assert SUBVOXEL_MAX_SPLIT == 8
