@@ -42,8 +42,12 @@ def equivalent_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float | N
     count = int(np.count_nonzero(mask))
     if count == 0:
         return None
-    measure = count * math.prod(float(s) for s in spacing)
-    if mask.ndim == 2:
+    return diameter_of(count * math.prod(float(s) for s in spacing), mask.ndim)
+
+
+def diameter_of(measure: float, ndim: int) -> float:
+    """Diameter (mm) of the circle (``ndim`` 2) or sphere (3) whose area or volume is ``measure`` (mm², mm³)."""
+    if ndim == 2:
         return 2.0 * math.sqrt(measure / math.pi)
     return (6.0 * measure / math.pi) ** (1.0 / 3.0)
 
@@ -105,9 +109,7 @@ def source_diameter(
     if not subvoxel:
         return equivalent_diameter(outline, spacing)
     measure = interpolated_measure(values, outline, spacing, fraction)
-    if measure <= 0:
-        return None
-    return 2.0 * math.sqrt(measure / math.pi) if mask.ndim == 2 else (6.0 * measure / math.pi) ** (1.0 / 3.0)
+    return diameter_of(measure, mask.ndim) if measure > 0 else None
 
 
 @dataclass(frozen=True)
