@@ -40,10 +40,15 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    """One session per request: committed when the route returns, rolled back when it raises."""
+    """One session per request: committed when the route returns, rolled back when it raises. Used with scope
+    "function" (``Db``): the commit ends before the response starts, so a redirect to "saved=1" is sent only for what
+    is saved and the page the browser loads next shows it (the default scope commits after the response is sent)."""
     factory: sessionmaker[Session] = request.app.state.sessionmaker
     with transaction(factory) as session:
         yield session
+
+
+Db = Annotated[Session, Depends(get_db, scope="function")]
 
 
 def session_data(request: Request) -> dict[str, Any]:
@@ -51,7 +56,7 @@ def session_data(request: Request) -> dict[str, Any]:
     return data
 
 
-def optional_user(request: Request, db: Annotated[Session, Depends(get_db)]) -> User | None:
+def optional_user(request: Request, db: Db) -> User | None:
     uid = session_data(request).get("uid")
     if not isinstance(uid, int):
         return None
@@ -95,7 +100,6 @@ async def csrf_protect(request: Request) -> None:
         raise HTTPException(status_code=403, detail="CSRF token missing or wrong")
 
 
-Db = Annotated[Session, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]
 CurrentUser = Annotated[User, Depends(current_user)]
 ReviewerUser = Annotated[User, Depends(require_reviewer)]

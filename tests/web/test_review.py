@@ -118,3 +118,49 @@ def test_reject_whole_result_sends_nothing_and_closes_the_review(client: TestCli
 def test_admin_may_review_but_anonymous_may_not(client: TestClient, ct: Seeded) -> None:
     token = login(client, "adm")
     assert decide(client, token, ct, "nodule", "accept") == 303
+
+
+def test_a_decision_is_committed_before_its_redirect_is_sent(
+    web_settings: Settings, ct: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The browser follows "saved=1" at once: the study page it loads must already hold the decision, and a commit
+    that fails must not have answered "saved". So the request's transaction ends before the response starts (a
+    yield dependency's default scope ends it after the response is sent: the review in a real browser once loaded
+    the page before the decision was committed)."""
+    from collections.abc import Awaitable, Callable, MutableMapping
+    from typing import Any
+
+    from dicom_agent.web.app import create_app
+    from dicom_agent.web.routes.auth import throttle
+
+    events: list[str] = []
+    real_commit = Session.commit
+
+    def commit(self: Session) -> None:
+        real_commit(self)
+        events.append("commit")
+
+    monkeypatch.setattr(Session, "commit", commit)
+    app = create_app(web_settings)
+    Message = MutableMapping[str, Any]
+
+    async def recording(
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                events.append(f"response {message['status']} {scope['method']} {scope['path']}")
+            await send(message)
+
+        await app(scope, receive, send_and_note)
+
+    throttle._failures.clear()
+    with TestClient(recording) as client:
+        token = login(client, "rad")
+        events.clear()
+        assert decide(client, token, ct, "emphysema", "reject") == 303
+    fid = ct.findings["emphysema"].id
+    answered = events.index(f"response 303 POST /studies/{ct.study.id}/findings/{fid}/decision")
+    assert "commit" in events[:answered], events
