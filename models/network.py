@@ -21,6 +21,7 @@ symbolic batch axis and a symbolic decoder length (see ``models.export``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -285,9 +286,41 @@ class TextDecoder(nn.Module):
 
     def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Visual memory (N,M,d) -> stacked cross K and V, each (layers, N, heads, M, dh)."""
+        ks, vs = self.cross_kv_layers(memory)
+        return torch.stack(ks), torch.stack(vs)
+
+    def cross_kv_layers(self, memory: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each block's cross K and V (N, heads, M, dh), unstacked: in training, a layer's slice of a stacked
+        tensor sends back a zero-filled gradient of the whole stack (a quarter of a stage-2 step went to that)."""
         blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]  # ModuleList loses the element type
         ks, vs = zip(*(blk.cross_kv(memory) for blk in blocks), strict=True)
-        return torch.stack(ks), torch.stack(vs)
+        return list(ks), list(vs)
+
+    def _hidden(
+        self,
+        ids: torch.Tensor,
+        cross_k: torch.Tensor | Sequence[torch.Tensor],
+        cross_v: torch.Tensor | Sequence[torch.Tensor],
+        past_k: torch.Tensor | None,
+        past_v: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The blocks: ids (N,t) after P cached positions -> output states (N,t,d), each block's present K and V
+        (N,heads,P+t,dh) and the causal mask (t,P+t). Stacked by the caller, after the outputs: the exported
+        graphs' op order, which ``models.readback`` matches weights by, stays what it was. No past (training):
+        P = 0 without concatenating an empty cache."""
+        t = ids.shape[1]
+        p = 0 if past_k is None else past_k.shape[3]
+        q_pos = torch.arange(t, device=ids.device) + p
+        x = self.tok(ids) + self.pos(q_pos)[None]
+        k_pos = torch.arange(p + t, device=ids.device)
+        mask = k_pos[None, :] <= q_pos[:, None]
+        pk, pv = [], []
+        for i, blk in enumerate(self.blocks):
+            past = (None, None) if past_k is None or past_v is None else (past_k[i], past_v[i])
+            x, k, v = blk(x, mask, *past, cross_k[i], cross_v[i])
+            pk.append(k)
+            pv.append(v)
+        return self.norm(x), pk, pv, mask
 
     def forward(
         self,
@@ -301,37 +334,52 @@ class TextDecoder(nn.Module):
         """ids (N,t); past K/V (layers,N,heads,P,dh), P may be 0 -> logits (N,t,V), present K/V (P+t). With the
         copy head, ``past_ids`` (N,P) are the tokens of the cached positions and the "logits" are log
         probabilities of the mixture (greedy decoding and cross-entropy treat both alike)."""
-        t = ids.shape[1]
-        p = past_k.shape[3]
-        q_pos = torch.arange(t, device=ids.device) + p
-        x = self.tok(ids) + self.pos(q_pos)[None]
-        k_pos = torch.arange(p + t, device=ids.device)
-        mask = k_pos[None, :] <= q_pos[:, None]
-        pk, pv = [], []
-        for i, blk in enumerate(self.blocks):
-            x, k, v = blk(x, mask, past_k[i], past_v[i], cross_k[i], cross_v[i])
-            pk.append(k)
-            pv.append(v)
-        h = self.norm(x)
+        h, pk, pv, mask = self._hidden(ids, cross_k, cross_v, past_k, past_v)
         logits = h @ self.tok.weight.t()
         if self.copy_q is not None and self.copy_gate is not None:
             if past_ids is None:
                 past_ids = ids[:, :0]
-            logits = self._mix_copy(h, logits, pk[-1], mask, torch.cat([past_ids, ids], dim=1))
+            all_ids = torch.cat([past_ids, ids], dim=1)
+            attn = self._copy_attention(h, pk[-1], mask)
+            copy = attn @ F.one_hot(all_ids, self.cfg.vocab_size).to(attn.dtype)
+            logits = self._mix_copy(h, logits, copy)
         return logits, torch.stack(pk), torch.stack(pv)
 
-    def _mix_copy(
-        self, h: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, all_ids: torch.Tensor
+    def teacher_forced(
+        self,
+        ids: torch.Tensor,
+        cross_k: Sequence[torch.Tensor],
+        cross_v: Sequence[torch.Tensor],
+        at: torch.Tensor,
     ) -> torch.Tensor:
-        """log(g * softmax(logits) + (1 - g) * copy): copy = attention over the positions so far (keys (N,H,P+t,dh)
-        of the last block), put on their token ids."""
-        assert self.copy_q is not None and self.copy_gate is not None
+        """Training's pass over whole sequences ids (N,T) that keeps only the outputs at ``at`` (N,T) bool ->
+        (K,V), K = at.sum(), row-major: what ``forward`` gives at those positions. Stage 2 learns from the few
+        answer tokens after a long prompt; the vocabulary-sized work (output layer, softmax, copy distribution)
+        of every prompt position was most of a step's compute."""
+        n, t = ids.shape
+        h, pk, _, mask = self._hidden(ids, cross_k, cross_v, None, None)
+        rows = h[at]
+        logits = rows @ self.tok.weight.t()
+        if self.copy_q is None or self.copy_gate is None:
+            return logits
+        attn = self._copy_attention(h, pk[-1], mask)[at]  # (K,T): cheap at every position, kept at ``at``
+        source = ids[:, None, :].expand(n, t, t)[at]  # each kept row's sequence
+        copy = logits.new_zeros(logits.shape).scatter_add_(1, source, attn)
+        return self._mix_copy(rows, logits, copy)
+
+    def _copy_attention(self, h: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Where the copy head looks: a query from each output state (N,t,d) against the last block's
+        self-attention keys (N,H,P+t,dh), softmax over the positions so far, averaged over heads -> (N,t,P+t)."""
+        assert self.copy_q is not None
         n, t, d = h.shape
         heads = keys.shape[1]
         q = self.copy_q(h).reshape(n, t, heads, d // heads).transpose(1, 2)
         scores = (q @ keys.transpose(-1, -2)) / math.sqrt(d // heads)
-        attn = scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)  # (N,t,P+t)
-        copy = attn @ F.one_hot(all_ids, self.cfg.vocab_size).to(attn.dtype)
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)
+
+    def _mix_copy(self, h: torch.Tensor, logits: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+        """log(g * softmax(logits) + (1 - g) * copy), ``copy`` the copy attention put on its token ids."""
+        assert self.copy_gate is not None
         gate = torch.sigmoid(self.copy_gate(h))
         return torch.log((gate * logits.softmax(-1) + (1 - gate) * copy).clamp_min(1e-9))
 
@@ -506,6 +554,14 @@ class UnifiedModel(nn.Module):
         pk, pv = self.empty_past(ids.shape[0])
         logits, _, _ = self.decoder(ids, ck, cv, pk.to(memory), pv.to(memory))
         return logits
+
+    def text_loss(self, ids: torch.Tensor, targets: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the targets (N,T), -100 where none (prompt, padding): the mean over
+        the target tokens that ``text_logits`` and ``F.cross_entropy(ignore_index=-100)`` give, computed only
+        where there is a target."""
+        ck, cv = self.decoder.cross_kv_layers(memory)
+        at = targets != -100
+        return F.cross_entropy(self.decoder.teacher_forced(ids, ck, cv, at), targets[at])
 
     def text_embedding(self, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
         """Mean of token embeddings of a report (stage-1 alignment target)."""

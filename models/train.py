@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from models.context import LesionFacts, counterfactual, findings_of, findings_text, missed, places_of
+from models.context import LesionFacts, Places, counterfactual, findings_of, findings_text, missed, places_of
 from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
 from models.network import NetConfig, UnifiedModel, count_parameters
@@ -351,8 +351,7 @@ def stage1(
                 for s, lang in zip(batch_samples, langs, strict=True)
             ]
             inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
-            logits = model.text_logits(inp, o["memory"])
-            lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+            lm = model.text_loss(inp, tgt, o["memory"])
         rep_ids = [
             tok.encode(s.report[lang], add_special_tokens=False).ids
             for s, lang in zip(batch_samples, langs, strict=True)
@@ -448,6 +447,65 @@ def vision_features(model: UnifiedModel, samples: list[Sample], batch: int = 32)
     return {"tokens": torch.cat(toks), "feats": torch.cat(feats), "probs": torch.cat(probs), "where": torch.cat(where)}
 
 
+def stage2_batch(
+    pools: dict[str, list[Sample]],
+    index: list[tuple[str, int]],
+    places: Places,
+    tok: Tokenizer,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> tuple[list[tuple[str, int]], list[tuple[list[int], int]]]:
+    """One stage-2 batch: the (kind, index) of each training image and its example (prompt + answer ids, prompt
+    length). All reports or all VQA: padding short VQA pairs to report length wasted most of the compute."""
+    reports = rng.random() < cfg.report_share
+    n = cfg.batch_text // 2 if reports else cfg.batch_text
+    picks = [index[int(j)] for j in rng.choice(len(index), n, replace=len(index) < n)]
+    ex = []
+    for kind, i in picks:
+        s = pools[kind][i]
+        variant = int(rng.integers(3))
+        facts = findings_of(s.extra["lesions"], rng, cfg.context_drop) if cfg.context else None  # type: ignore[arg-type]
+        if reports or not s.qa:
+            lang = "en" if rng.random() < 0.5 else "zh"
+            context = (
+                findings_text(facts, lang, None, cfg.context_uptake, cfg.context_answer_forms)
+                if facts is not None
+                else None
+            )
+            ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
+        else:
+            qa = s.qa
+            swapped = facts is not None and bool(cfg.context_swap) and rng.random() < cfg.context_swap
+            if swapped:
+                moved = counterfactual(kind, s.extra["lesions"], places, rng)  # type: ignore[arg-type]
+                facts, qa = findings_of(moved), questions_about(kind, moved, rng)  # the text is the only source
+            lang, q, a, asked = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
+            if facts is not None and not swapped and asked in MISS_KINDS and rng.random() < cfg.context_miss:
+                facts = missed(facts, q, lang)  # the image is the only source
+            context = (
+                findings_text(facts, lang, q, cfg.context_uptake, cfg.context_answer_forms)
+                if facts is not None
+                else None
+            )
+            ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
+    return picks, ex
+
+
+def freeze_vision(model: UnifiedModel) -> list[torch.nn.Parameter]:
+    """Stage 2 trains the decoder and the memory adapter only: freezes the rest, returns what trains."""
+    for m in (model.encoder, model.heads, model.slice_score, model.align_img, model.align_txt):
+        m.requires_grad_(False)
+    model.logit_scale.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def memory_inputs(feats: dict[str, dict[str, torch.Tensor]], picks: list[tuple[str, int]]) -> list[torch.Tensor]:
+    """The frozen vision features of a stage-2 batch (tokens, label features, probabilities, where), float32:
+    ``UnifiedModel._memory``'s arguments."""
+    names = ("tokens", "feats", "probs", "where")
+    return [torch.stack([feats[k][name][i] for k, i in picks]).float() for name in names]
+
+
 def stage2(
     model: UnifiedModel, pools: dict[str, list[Sample]], tok: Tokenizer, cfg: TrainConfig, rng: np.random.Generator
 ) -> list[dict[str, Any]]:
@@ -455,12 +513,7 @@ def stage2(
     t0 = time.time()
     feats = {k: vision_features(model, pool) for k, pool in pools.items()}
     log.info("stage2: vision features of %d images in %.0fs", sum(len(p) for p in pools.values()), time.time() - t0)
-    vision = [model.encoder, model.heads, model.slice_score, model.align_img, model.align_txt]
-    for m in vision:
-        for p in m.parameters():
-            p.requires_grad_(False)
-    model.logit_scale.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = freeze_vision(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr2, weight_decay=0.01)
     pad = token_id(tok, PAD)
     index = [(k, i) for k, pool in pools.items() for i in range(len(pool))]
@@ -468,46 +521,10 @@ def stage2(
     history = []
     model.train()
     for step in range(cfg.steps2):
-        # a batch is all reports or all VQA: padding short VQA pairs to report length wasted most of the compute
-        reports = rng.random() < cfg.report_share
-        n = cfg.batch_text // 2 if reports else cfg.batch_text
-        picks = [index[int(j)] for j in rng.choice(len(index), n, replace=len(index) < n)]
-        ex = []
-        for kind, i in picks:
-            s = pools[kind][i]
-            variant = int(rng.integers(3))
-            facts = findings_of(s.extra["lesions"], rng, cfg.context_drop) if cfg.context else None  # type: ignore[arg-type]
-            if reports or not s.qa:
-                lang = "en" if rng.random() < 0.5 else "zh"
-                context = (
-                    findings_text(facts, lang, None, cfg.context_uptake, cfg.context_answer_forms)
-                    if facts is not None
-                    else None
-                )
-                ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
-            else:
-                qa = s.qa
-                swapped = facts is not None and bool(cfg.context_swap) and rng.random() < cfg.context_swap
-                if swapped:
-                    moved = counterfactual(kind, s.extra["lesions"], places, rng)  # type: ignore[arg-type]
-                    facts, qa = findings_of(moved), questions_about(kind, moved, rng)  # the text is the only source
-                lang, q, a, asked = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
-                if facts is not None and not swapped and asked in MISS_KINDS and rng.random() < cfg.context_miss:
-                    facts = missed(facts, q, lang)  # the image is the only source
-                context = (
-                    findings_text(facts, lang, q, cfg.context_uptake, cfg.context_answer_forms)
-                    if facts is not None
-                    else None
-                )
-                ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
+        picks, ex = stage2_batch(pools, index, places, tok, cfg, rng)
         inp, tgt = pad_batch(ex, pad, model.cfg.max_len)
-        tokens = torch.stack([feats[k]["tokens"][i] for k, i in picks]).float()
-        lf = torch.stack([feats[k]["feats"][i] for k, i in picks]).float()
-        pr = torch.stack([feats[k]["probs"][i] for k, i in picks]).float()
-        wh = torch.stack([feats[k]["where"][i] for k, i in picks]).float()
-        memory = model._memory(tokens, lf, pr, wh)
-        logits = model.text_logits(inp, memory)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+        memory = model._memory(*memory_inputs(feats, picks))
+        loss = model.text_loss(inp, tgt, memory)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.steps2, cfg.lr2)
         opt.zero_grad(set_to_none=True)

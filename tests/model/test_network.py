@@ -258,3 +258,35 @@ def test_copy_head_decodes_on_the_model_device() -> None:
         o2 = model.forward_2d(torch.zeros(2, 1, 32, 32, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
         logits = model.text_logits(torch.zeros(2, 5, dtype=torch.long, device="meta"), o2["memory"])
     assert logits.device.type == "meta" and logits.shape == (2, 5, model.cfg.vocab_size)
+
+
+@pytest.mark.parametrize("copy", [0, 1])
+def test_text_loss_is_the_full_pass_cross_entropy_with_the_same_gradients(copy: int) -> None:
+    """Training computes outputs only where a target is (``text_loss``); the loss and every gradient must be
+    those of the full teacher-forced pass (``text_logits``) that the exported decoder step reproduces."""
+    torch.manual_seed(0)
+    model = UnifiedModel(replace(TINY, copy=copy)).train()
+    memory = torch.randn(3, 5, TINY.d)
+    ids = torch.randint(0, TINY.vocab_size, (3, 9))
+    targets = torch.full((3, 9), -100)
+    targets[0, 4:8] = ids[0, 5:9]  # answers after prompts of different lengths; row 2 padded after its answer
+    targets[1, 2:8] = ids[1, 3:9]
+    targets[2, 6:7] = ids[2, 7:8]
+
+    def grads(loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full = nn.functional.cross_entropy(model.text_logits(ids, memory).flatten(0, 1), targets.flatten())
+    expected = grads(full)
+    sparse = model.text_loss(ids, targets, memory)
+    got = grads(sparse)
+    torch.testing.assert_close(sparse, full, atol=1e-6, rtol=1e-5)
+    assert got.keys() == expected.keys() and len(got) > 10
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g, atol=1e-6, rtol=1e-4, msg=name)
+    with torch.no_grad():
+        at = targets != -100
+        rows = model.decoder.teacher_forced(ids, *model.decoder.cross_kv_layers(memory), at)
+        torch.testing.assert_close(rows, model.text_logits(ids, memory)[at], atol=1e-5, rtol=1e-5)
