@@ -49,7 +49,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from models import train
-    from models.context import places_of
     from models.dataset import make_samples
     from models.tokenizer import PAD, token_id
 
@@ -59,8 +58,7 @@ def main() -> None:
     cfg = train.TrainConfig()
     pools = {k: make_samples(k, n, train.TRAIN_SEED) for k, n in POOL.items()}
     feats = {k: train.vision_features(start, p) for k, p in pools.items()}
-    index = [(k, i) for k, p in pools.items() for i in range(len(p))]
-    places = places_of({k: [s.extra["lesions"] for s in p] for k, p in pools.items()})  # type: ignore[misc]
+    index, places = train.stage2_sampling(pools)
     rng = np.random.default_rng(0)
     pad = token_id(tok, PAD)
     batches = []
@@ -70,7 +68,7 @@ def main() -> None:
         batches.append((inp, tgt, train.memory_inputs(feats, picks)))
 
     losses: dict[str, Callable[..., torch.Tensor]] = {
-        "full pass": lambda m, i, t, mem: full_pass_loss(m, i, t, mem),
+        "full pass": full_pass_loss,
         "targets only": lambda m, i, t, mem: m.text_loss(i, t, mem),
     }
     runs: dict[str, dict[str, Any]] = {}

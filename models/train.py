@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from dicom_agent.inference.types import Finding
 from models.context import LesionFacts, Places, counterfactual, findings_of, findings_text, missed, places_of
 from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples
 from models.labels import LABEL_KEYS, label_entries, label_mask
@@ -467,11 +468,7 @@ def stage2_batch(
         facts = findings_of(s.extra["lesions"], rng, cfg.context_drop) if cfg.context else None  # type: ignore[arg-type]
         if reports or not s.qa:
             lang = "en" if rng.random() < 0.5 else "zh"
-            context = (
-                findings_text(facts, lang, None, cfg.context_uptake, cfg.context_answer_forms)
-                if facts is not None
-                else None
-            )
+            context = _context_text(facts, lang, None, cfg)
             ex.append(text_example(tok, "report", lang, s.report[lang], None, variant, context))
         else:
             qa = s.qa
@@ -482,13 +479,23 @@ def stage2_batch(
             lang, q, a, asked = pick_question(qa, rng, cfg.qa_balance, cfg.qa_weights)
             if facts is not None and not swapped and asked in MISS_KINDS and rng.random() < cfg.context_miss:
                 facts = missed(facts, q, lang)  # the image is the only source
-            context = (
-                findings_text(facts, lang, q, cfg.context_uptake, cfg.context_answer_forms)
-                if facts is not None
-                else None
-            )
-            ex.append(text_example(tok, "vqa", lang, a, q, variant, context))
+            ex.append(text_example(tok, "vqa", lang, a, q, variant, _context_text(facts, lang, q, cfg)))
     return picks, ex
+
+
+def _context_text(facts: list[Finding] | None, lang: str, question: str | None, cfg: TrainConfig) -> str | None:
+    """The findings text a stage-2 prompt starts with (None: the recipe gives none), worded for ``question``."""
+    if facts is None:
+        return None
+    return findings_text(facts, lang, question, cfg.context_uptake, cfg.context_answer_forms)
+
+
+def stage2_sampling(pools: dict[str, list[Sample]]) -> tuple[list[tuple[str, int]], Places]:
+    """What :func:`stage2_batch` draws from: every (kind, index) of the pools, and the places each kind's phantoms
+    use for each label (where a counterfactual may move a finding)."""
+    index = [(k, i) for k, pool in pools.items() for i in range(len(pool))]
+    places = places_of({k: [smp.extra["lesions"] for smp in pool] for k, pool in pools.items()})  # type: ignore[misc]
+    return index, places
 
 
 def freeze_vision(model: UnifiedModel) -> list[torch.nn.Parameter]:
@@ -516,8 +523,7 @@ def stage2(
     params = freeze_vision(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr2, weight_decay=0.01)
     pad = token_id(tok, PAD)
-    index = [(k, i) for k, pool in pools.items() for i in range(len(pool))]
-    places = places_of({k: [smp.extra["lesions"] for smp in pool] for k, pool in pools.items()})  # type: ignore[misc]
+    index, places = stage2_sampling(pools)
     history = []
     model.train()
     for step in range(cfg.steps2):
