@@ -41,6 +41,10 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   lesions 0.420 → 0.701 (0.45 between the samples), CT nodules 0.337 → 0.380 (0.55 within 0 px, between), CT masses
   0.205 → 0.308 (0.6 within 0 px, between), radiograph nodules 0.517 (0.6, whole pixels, unchanged), radiograph
   masses model grid 0 → 0.591 (0.6; 22 cases, too few among 100 before).
+  Since session 31 also by partial-volume analysis (``size_partial_volume``: each voxel's share of solid tissue,
+  ``measure.partial_volume_measure``; CT only, the phantoms' nodules and masses drawn with partial volume since
+  then). Bundle 0.16.0's graphs, 300 validation cases (best whole pixels → between → partial volume): CT nodules
+  0.398 → 0.398 → 0.409 (0.45 within 1 px), masses 0.262 → 0.286 → 0.357 (0.3 within 0 px).
 - ``thresholds``: per kind and label, the probability at which the label counts as present: the best F1 on the
   validation cases (the threshold training chooses is pooled over the kinds a label applies to, and radiographs
   and CT are not calibrated alike). Bundle 0.10.1's graphs, 300 validation cases per kind, F1 pooled → per kind:
@@ -91,8 +95,13 @@ BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterN
 SIZE_LEVELS = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 # source pixels past the mapped mask a size outline may reach; the runtime's DELINEATION_REACH (2) is the default
 SIZE_REACHES = (0, 1, 2)
-# whether the outline is counted between the samples (``measure.interpolated_measure``) or by whole pixels
-SIZE_SUBVOXEL = (False, True)
+# how the outline is counted (``inference.measure``): by whole pixels, between the samples
+# (``interpolated_measure``) or by the share of solid tissue each pixel holds (``partial_volume_measure``: on
+# kinds whose source values are densities, CT)
+SIZE_COUNTS = ("pixels", "between", "partial")
+# what a partial-volume count measures a lesion's shares against: solid soft tissue (the phantoms draw CT nodules
+# and masses at 20-60 HU; 20 HU off moves a share by 2 % against aerated lung at -850)
+SOLID_TISSUE_HU = 40.0
 SIZE_MARGIN = 0.05  # share of validation cases stated to the mm a source-grid size must gain over the model grid's
 SIZE_MIN_CASES = 8  # fewer validation cases with a label both drawn and found keep the model-grid size
 # validation phantoms per kind the size outlines are chosen on: with 100, 42 options picked on ~30 CT nodules
@@ -375,28 +384,29 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     return out
 
 
-SizeOption = tuple[float, int, bool]  # (level, reach, counted between the samples)
+SizeOption = tuple[float, int, str]  # (level, reach, count: one of SIZE_COUNTS)
+_COUNT_SUFFIX = {"pixels": "", "between": " sub", "partial": " pv"}
 
 
-def size_option(level: float, reach: int, subvoxel: bool = False) -> str:
+def size_option(level: float, reach: int, count: str = "pixels") -> str:
     """The calibration table's name of an outline option: the level, the reach where it is not the default and
-    " sub" where it is counted between the samples (``"0.5"``, ``"0.5 r0"``, ``"0.45 r1 sub"``), so tables from
-    before ``size_reach`` and ``size_subvoxel`` read the same."""
+    " sub" where it is counted between the samples, " pv" by partial volume (``"0.5"``, ``"0.5 r0"``,
+    ``"0.45 r1 sub"``, ``"0.5 r0 pv"``), so tables from before ``size_reach`` and ``size_subvoxel`` read the same."""
     name = f"{level:g}" if reach == DELINEATION_REACH else f"{level:g} r{reach}"
-    return f"{name} sub" if subvoxel else name
+    return name + _COUNT_SUFFIX[count]
 
 
 def parse_size_option(name: str) -> SizeOption:
-    """(level, reach, subvoxel) of a :func:`size_option` name."""
-    name, subvoxel = name.removesuffix(" sub"), name.endswith(" sub")
-    level, _, reach = name.partition(" r")
-    return float(level), int(reach) if reach else DELINEATION_REACH, subvoxel
+    """(level, reach, count) of a :func:`size_option` name."""
+    count = next((c for c, suffix in _COUNT_SUFFIX.items() if suffix and name.endswith(suffix)), "pixels")
+    level, _, reach = name.removesuffix(_COUNT_SUFFIX[count]).partition(" r")
+    return float(level), int(reach) if reach else DELINEATION_REACH, count
 
 
 def choose_size_fractions(
     bundle: Path, cases: int, seed: int = VAL_SEED
 ) -> tuple[dict[str, dict[str, SizeOption]], dict[str, Any]]:
-    """Per kind and diameter label, the source-grid outline (level, reach, subvoxel) whose equivalent diameter of
+    """Per kind and diameter label, the source-grid outline (level, reach, count) whose equivalent diameter of
     the largest lesion found equals the largest drawn (whole mm) most often on ``cases`` validation phantoms (ties:
     :func:`pick_size_level`), kept where it beats the model-grid size by ``SIZE_MARGIN`` on at least
     ``SIZE_MIN_CASES`` cases; and the table behind it (share exact per option)."""
@@ -424,7 +434,8 @@ def choose_size_fractions(
                     row = errors.setdefault(label, {})
                     row.setdefault("model", []).append(mm(got) - truth)
                     found = [f for f in item.findings if f.label == label and f.size_mm is not None]
-                    for option in itertools.product(SIZE_LEVELS, SIZE_REACHES, SIZE_SUBVOXEL):
+                    counts = [c for c in SIZE_COUNTS if c != "partial" or (grid is not None and grid.window)]
+                    for option in itertools.product(SIZE_LEVELS, SIZE_REACHES, counts):
                         # as the runtime: the model-grid size where no outline is drawn
                         sizes = [_outlined_size(grid, f.mask, *option) or float(f.size_mm or 0.0) for f in found]
                         row.setdefault(size_option(*option), []).append(mm(max(sizes)) - truth)
@@ -444,29 +455,30 @@ def choose_size_fractions(
 
 
 def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> SizeOption | None:
-    """The outline (level, reach, subvoxel) to measure a label at, from (share stated to the mm, median absolute
+    """The outline (level, reach, count) to measure a label at, from (share stated to the mm, median absolute
     error) per option ("model" = the model-grid size, else a :func:`size_option`): the best share, then the smaller
-    error, then whole pixels (the rule before ``size_subvoxel``: less work), then the wider reach (the rule before
-    ``size_reach``), then the level nearer half; None where fewer than ``SIZE_MIN_CASES`` cases or no option beats
-    the model grid by ``SIZE_MARGIN``."""
+    error, then the earlier count of ``SIZE_COUNTS`` (whole pixels first, the rule before ``size_subvoxel``: less
+    work), then the wider reach (the rule before ``size_reach``), then the level nearer half; None where fewer than
+    ``SIZE_MIN_CASES`` cases or no option beats the model grid by ``SIZE_MARGIN``."""
     options = {name: parse_size_option(name) for name in summary if name != "model"}
     if cases < SIZE_MIN_CASES or not options:
         return None
 
-    def rank(name: str) -> tuple[float, float, bool, int, float]:
-        level, reach, subvoxel = options[name]
-        return summary[name][0], -summary[name][1], not subvoxel, reach, -abs(level - 0.5)
+    def rank(name: str) -> tuple[float, float, int, int, float]:
+        level, reach, count = options[name]
+        return summary[name][0], -summary[name][1], -SIZE_COUNTS.index(count), reach, -abs(level - 0.5)
 
     best = max(options, key=rank)
     return options[best] if summary[best][0] >= summary["model"][0] + SIZE_MARGIN else None
 
 
-def _outlined_size(grid: Any, mask: Any, level: float, reach: int, subvoxel: bool = False) -> float | None:
+def _outlined_size(grid: Any, mask: Any, level: float, reach: int, count: str = "pixels") -> float | None:
     """A finding's equivalent diameter outlined on the source grid at ``level`` within ``reach`` pixels of its mask,
-    counted between the samples with ``subvoxel`` (None: no grid or no mask)."""
+    counted as ``count`` says (None: no grid or no mask)."""
     if grid is None or mask is None:
         return None
-    return grid.diameter(mask.pixels.reshape(grid.values.shape), level, reach, subvoxel)
+    solid = SOLID_TISSUE_HU if count == "partial" else None
+    return grid.diameter(mask.pixels.reshape(grid.values.shape), level, reach, count == "between", solid)
 
 
 def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases: int | None = None) -> dict[str, Any]:
@@ -483,7 +495,8 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases
     manifest["decoding"] = {k: v for k, v in manifest["decoding"].items() if k not in chosen} | chosen
     manifest["decoding"].pop("size_fraction", None)
     manifest["decoding"].pop("size_reach", None)
-    manifest["decoding"].pop("size_subvoxel", None)
+    for key in ("size_subvoxel", "size_partial_volume"):
+        manifest["decoding"].pop(key, None)
     write_manifest(path, manifest)
     outlines, size_table = choose_size_fractions(bundle, min(cases, SIZE_CASES) if size_cases is None else size_cases)
     fractions = {kind: {key: level for key, (level, _, _) in per.items()} for kind, per in outlines.items()}
@@ -492,14 +505,21 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases
         for kind, per in outlines.items()
     }
     reaches = {kind: per for kind, per in narrower.items() if per}
-    between = {kind: sorted(key for key, (_, _, sub) in per.items() if sub) for kind, per in outlines.items()}
+    between = {kind: sorted(key for key, (_, _, c) in per.items() if c == "between") for kind, per in outlines.items()}
     subvoxel = {kind: keys for kind, keys in between.items() if keys}
+    shares = {
+        kind: {key: SOLID_TISSUE_HU for key, (_, _, c) in per.items() if c == "partial"}
+        for kind, per in outlines.items()
+    }
+    partial = {kind: per for kind, per in shares.items() if per}
     if fractions:
         manifest["decoding"]["size_fraction"] = fractions
     if reaches:
         manifest["decoding"]["size_reach"] = reaches
     if subvoxel:
         manifest["decoding"]["size_subvoxel"] = subvoxel
+    if partial:
+        manifest["decoding"]["size_partial_volume"] = partial
     manifest["decoding"]["calibration"]["size_exact"] = size_table
     write_manifest(path, manifest)
     return manifest

@@ -180,14 +180,16 @@ def calibrate(
         out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
     reaches = decoding.get("size_reach", {})
     between = decoding.get("size_subvoxel", {})
+    partial = decoding.get("size_partial_volume", {})
     for kind, fractions in decoding.get("size_fraction", {}).items():
-        reach, sub = reaches.get(kind, {}), set(between.get(kind, []))
+        reach, sub, solid = reaches.get(kind, {}), set(between.get(kind, [])), partial.get(kind, {})
         out(
             f"{kind} sizes outlined on the source grid at: "
             + ", ".join(
                 f"{k} {v:g}"
                 + (f" within {reach[k]} px" if k in reach else "")
                 + (" between the samples" if k in sub else "")
+                + (f" by partial volume against {solid[k]:g}" if k in solid else "")
                 for k, v in fractions.items()
             )
         )

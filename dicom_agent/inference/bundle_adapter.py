@@ -555,13 +555,14 @@ class BundleAdapter:
     def _source_size(self, kind: str, grid: SourceGrid | None, key: str, source_mask: np.ndarray) -> float | None:
         """A round lesion's equivalent diameter on the source grid where the manifest gives its label a size
         fraction (``decoding.size_fraction``, outlined at most ``decoding.size_reach`` pixels past the mask, counted
-        between the samples for the labels in ``decoding.size_subvoxel``), else None (the caller keeps its model-grid
-        measurement)."""
+        between the samples for the labels in ``decoding.size_subvoxel``, by partial volume for those in
+        ``decoding.size_partial_volume``), else None (the caller keeps its model-grid measurement)."""
         fraction = self.runner.size_fraction.get(kind, {}).get(key)
         if fraction is None or grid is None:
             return None
         reach = self.runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH)
-        return grid.diameter(source_mask, fraction, reach, key in self.runner.size_subvoxel.get(kind, set()))
+        between = key in self.runner.size_subvoxel.get(kind, set())
+        return grid.diameter(source_mask, fraction, reach, between, self.runner.size_solid.get(kind, {}).get(key))
 
     def _side_location(self, side: str) -> str | None:
         """The vocabulary's side-only site for non-focal findings (e.g. ``right_pleura``), if it has one."""

@@ -450,6 +450,12 @@ class BundleRunner:
         self.size_subvoxel: dict[str, set[str]] = {
             kind: set(labels) for kind, labels in decoding.get("size_subvoxel", {}).items()
         }
+        # and the labels measured by partial-volume analysis (``measure.partial_volume_measure``), with the density
+        # of solid tissue (source units, HU) their voxels' shares are read against
+        self.size_solid: dict[str, dict[str, float]] = {
+            kind: {key: float(v) for key, v in per_label.items()}
+            for kind, per_label in decoding.get("size_partial_volume", {}).items()
+        }
 
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available

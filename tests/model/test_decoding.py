@@ -76,14 +76,29 @@ def test_a_size_level_is_picked_only_where_it_beats_the_model_grid() -> None:
     from models.decoding import SIZE_MIN_CASES, pick_size_level
 
     n = SIZE_MIN_CASES
-    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == (0.6, 2, False)  # error
-    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == (0.6, 2, False)  # half
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.4, 1.0), "0.6": (0.4, 0.0)}, n) == (
+        0.6,
+        2,
+        "pixels",
+    )  # error
+    assert pick_size_level({"model": (0.1, 3.0), "0.3": (0.4, 1.0), "0.6": (0.4, 1.0)}, n) == (0.6, 2, "pixels")  # half
     # the reach an outline may grow past the mask: a narrower one where it states more sizes, else the default
-    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.1, 3.0), "0.5 r0": (0.3, 0.0)}, n) == (0.5, 0, False)
-    assert pick_size_level({"model": (0.1, 3.0), "0.6": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.6, 2, False)
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.1, 3.0), "0.5 r0": (0.3, 0.0)}, n) == (0.5, 0, "pixels")
+    assert pick_size_level({"model": (0.1, 3.0), "0.6": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.6, 2, "pixels")
     # counted between the samples where that states more sizes; on a tie, whole pixels (the reach comes after)
-    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.3, 1.0), "0.45 r1 sub": (0.7, 0.0)}, n) == (0.45, 1, True)
-    assert pick_size_level({"model": (0.1, 3.0), "0.5 sub": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.5, 1, False)
+    assert pick_size_level({"model": (0.1, 3.0), "0.5": (0.3, 1.0), "0.45 r1 sub": (0.7, 0.0)}, n) == (
+        0.45,
+        1,
+        "between",
+    )
+    assert pick_size_level({"model": (0.1, 3.0), "0.5 sub": (0.4, 1.0), "0.5 r1": (0.4, 1.0)}, n) == (0.5, 1, "pixels")
+    # by partial volume where that states more sizes; on a tie, the earlier count
+    assert pick_size_level({"model": (0.1, 3.0), "0.5 sub": (0.4, 1.0), "0.5 r0 pv": (0.8, 0.0)}, n) == (
+        0.5,
+        0,
+        "partial",
+    )
+    assert pick_size_level({"model": (0.1, 3.0), "0.5 sub": (0.8, 0.0), "0.5 pv": (0.8, 0.0)}, n) == (0.5, 2, "between")
     assert pick_size_level({"model": (0.30, 1.0), "0.5": (0.33, 0.0)}, n) is None  # gains less than the margin
     assert pick_size_level({"model": (0.0, 3.0), "0.5": (0.9, 0.0)}, n - 1) is None  # too few cases
     assert pick_size_level({"model": (0.0, 3.0)}, n) is None
@@ -98,11 +113,13 @@ def test_the_shipped_bundle_measures_sizes_as_calibrated() -> None:
     assert runner.size_fraction == decoding["size_fraction"] and decoding["size_fraction"]
     assert runner.size_reach == decoding.get("size_reach", {})
     assert runner.size_subvoxel == {kind: set(keys) for kind, keys in decoding.get("size_subvoxel", {}).items()}
+    assert runner.size_solid == decoding.get("size_partial_volume", {})
     for kind, levels in decoding["size_fraction"].items():
         for key, level in levels.items():
             table = decoding["calibration"]["size_exact"][kind][key]
             reach = runner.size_reach.get(kind, {}).get(key, DELINEATION_REACH)
-            option = size_option(level, reach, key in runner.size_subvoxel.get(kind, set()))
+            between, partial = key in runner.size_subvoxel.get(kind, set()), key in runner.size_solid.get(kind, {})
+            option = size_option(level, reach, "partial" if partial else "between" if between else "pixels")
             assert table[option]["exact"] >= table["model"]["exact"] + SIZE_MARGIN
 
 
@@ -289,3 +306,12 @@ def test_the_shipped_bundle_keeps_ct_effusions_to_the_fluid_as_calibrated() -> N
     assert decoding["fluid_band"] == {"ct": {"pleural_effusion": list(water_band(30.0))}}
     bands = decoding["calibration"]["fluid_band_dice"]["ct"]["pleural_effusion"]
     assert bands["30"] == max(bands.values()) > bands["mask"] + 0.01
+
+
+def test_size_option_names_read_back() -> None:
+    from models.decoding import SIZE_COUNTS, parse_size_option, size_option
+
+    for count in SIZE_COUNTS:
+        for level, reach in ((0.45, 0), (0.5, 2)):
+            assert parse_size_option(size_option(level, reach, count)) == (level, reach, count)
+    assert size_option(0.5, 0, "partial") == "0.5 r0 pv" and size_option(0.45, 1, "between") == "0.45 r1 sub"

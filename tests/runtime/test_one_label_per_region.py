@@ -77,7 +77,7 @@ def test_a_radiograph_label_whose_boxes_all_lie_on_another_labels_region_is_not_
     adapter = BundleAdapter.__new__(BundleAdapter)  # the map-back stage only
     adapter.vocabulary = load_bundle(bundle, verify=False).vocabulary
     adapter.lung_field = (0.12, 0.77)
-    adapter.runner = SimpleNamespace(box_source={}, size_fraction={}, size_reach={}, size_subvoxel={})
+    adapter.runner = SimpleNamespace(box_source={}, size_fraction={}, size_reach={}, size_subvoxel={}, size_solid={})
     ref = ImageRef("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1")
     radiograph = SimpleNamespace(grid=Letterbox.fit(128, 128, 128), spacing_mm=(1.0, 1.0), ref=ref, source_values=None)
     result = SimpleNamespace(

@@ -83,7 +83,12 @@ def _map_back_only(
     adapter.vocabulary = bundle.vocabulary
     adapter.windows = {"pet": tuple(bundle.manifest.inputs["pet"]["window"])}
     adapter.runner = SimpleNamespace(
-        size_fraction=size_fraction or {}, size_reach={}, size_subvoxel={}, unsided={}, box_min_score=box_min_score
+        size_fraction=size_fraction or {},
+        size_reach={},
+        size_subvoxel={},
+        size_solid={},
+        unsided={},
+        box_min_score=box_min_score,
     )
     return adapter
 
