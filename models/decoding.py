@@ -385,6 +385,8 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
 
 
 SizeOption = tuple[float, int, str]  # (level, reach, count: one of SIZE_COUNTS)
+# the manifest's ``decoding`` keys the size outlines are recorded under (``write_calibration``)
+SIZE_SETTINGS = ("size_fraction", "size_reach", "size_subvoxel", "size_partial_volume")
 _COUNT_SUFFIX = {"pixels": "", "between": " sub", "partial": " pv"}
 
 
@@ -430,11 +432,12 @@ def choose_size_fractions(
                 case, study = phantom_case_study(kind, seed + i, work / f"{kind}{i}")
                 item = adapter.analyse(study).inputs[0]
                 grid = adapter.measurement_grid(item)
+                # partial volume reads densities: only where the source values have a window (CT HU)
+                counts = [c for c in SIZE_COUNTS if c != "partial" or (grid is not None and grid.window)]
                 for label, (got, truth) in largest_sizes(case.lesions, item.findings).items():
                     row = errors.setdefault(label, {})
                     row.setdefault("model", []).append(mm(got) - truth)
                     found = [f for f in item.findings if f.label == label and f.size_mm is not None]
-                    counts = [c for c in SIZE_COUNTS if c != "partial" or (grid is not None and grid.window)]
                     for option in itertools.product(SIZE_LEVELS, SIZE_REACHES, counts):
                         # as the runtime: the model-grid size where no outline is drawn
                         sizes = [_outlined_size(grid, f.mask, *option) or float(f.size_mm or 0.0) for f in found]
@@ -493,33 +496,29 @@ def write_calibration(bundle: Path, cases: int, seed: int = VAL_SEED, size_cases
     manifest = json.loads(path.read_text(encoding="utf-8"))
     chosen = calibrate(bundle, cases, seed)
     manifest["decoding"] = {k: v for k, v in manifest["decoding"].items() if k not in chosen} | chosen
-    manifest["decoding"].pop("size_fraction", None)
-    manifest["decoding"].pop("size_reach", None)
-    for key in ("size_subvoxel", "size_partial_volume"):
+    for key in SIZE_SETTINGS:
         manifest["decoding"].pop(key, None)
     write_manifest(path, manifest)
     outlines, size_table = choose_size_fractions(bundle, min(cases, SIZE_CASES) if size_cases is None else size_cases)
-    fractions = {kind: {key: level for key, (level, _, _) in per.items()} for kind, per in outlines.items()}
-    narrower = {
-        kind: {key: reach for key, (_, reach, _) in per.items() if reach != DELINEATION_REACH}
-        for kind, per in outlines.items()
+    # per manifest key, per kind: what the labels' chosen outlines say; kinds with nothing are left out
+    settings: dict[str, dict[str, Any]] = {
+        "size_fraction": {kind: {key: level for key, (level, _, _) in per.items()} for kind, per in outlines.items()},
+        "size_reach": {
+            kind: {key: reach for key, (_, reach, _) in per.items() if reach != DELINEATION_REACH}
+            for kind, per in outlines.items()
+        },
+        "size_subvoxel": {
+            kind: sorted(key for key, (_, _, c) in per.items() if c == "between") for kind, per in outlines.items()
+        },
+        "size_partial_volume": {
+            kind: {key: SOLID_TISSUE_HU for key, (_, _, c) in per.items() if c == "partial"}
+            for kind, per in outlines.items()
+        },
     }
-    reaches = {kind: per for kind, per in narrower.items() if per}
-    between = {kind: sorted(key for key, (_, _, c) in per.items() if c == "between") for kind, per in outlines.items()}
-    subvoxel = {kind: keys for kind, keys in between.items() if keys}
-    shares = {
-        kind: {key: SOLID_TISSUE_HU for key, (_, _, c) in per.items() if c == "partial"}
-        for kind, per in outlines.items()
-    }
-    partial = {kind: per for kind, per in shares.items() if per}
-    if fractions:
-        manifest["decoding"]["size_fraction"] = fractions
-    if reaches:
-        manifest["decoding"]["size_reach"] = reaches
-    if subvoxel:
-        manifest["decoding"]["size_subvoxel"] = subvoxel
-    if partial:
-        manifest["decoding"]["size_partial_volume"] = partial
+    for name, per_kind in settings.items():
+        kept = {kind: value for kind, value in per_kind.items() if value}
+        if kept:
+            manifest["decoding"][name] = kept
     manifest["decoding"]["calibration"]["size_exact"] = size_table
     write_manifest(path, manifest)
     return manifest
