@@ -11,11 +11,13 @@ blur, contrast) side by side.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ NO = set(ANSWER_NO.values())
 # Volumes drawn finer than the training data (x 2 in-plane; CT slices 2.5 instead of 5 mm, PET 4 instead of 8 mm),
 # as thin-slice acquisitions are: the runtime brings them to the training resolution first (``volume.cell_blocks``)
 FINER = {"ct": (256, 128), "pet": (256, 192)}
+# Detection by size (as lung nodule CAD is reported): the round-lesion labels' cases binned by their largest
+# lesion's drawn diameter at these edges (mm), each bin's positives against all the label's negatives
+SIZE_BIN_EDGES = {"nodule": (10.0, 15.0, 20.0), "hypermetabolic_lesion": (10.0, 15.0, 20.0)}
 
 
 @dataclass
@@ -241,6 +246,38 @@ def run_bundle(
     return [decode(runner, kind, raw, box_source) for raw in raw_outputs(runner, samples, images)]
 
 
+def by_size(
+    y: np.ndarray, p: np.ndarray, largest: np.ndarray, threshold: float, edges: Sequence[float]
+) -> list[dict[str, Any]]:
+    """One label's detection by lesion size: for each bin of the positives' largest diameter ``largest`` (mm;
+    bins split at ``edges``), the bin's count, its AUROC against every negative case and its recall at
+    ``threshold``. A label whose small lesions go unseen shows it here; the pooled AUROC averages it away."""
+    bounds = [0.0, *edges, math.inf]
+    negatives = y == 0
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        chosen = (y > 0) & (largest >= lo) & (largest < hi)
+        if not chosen.any():
+            continue
+        both = chosen | negatives
+        out.append(
+            {
+                "from_mm": lo,
+                "to_mm": None if math.isinf(hi) else hi,
+                "n": int(chosen.sum()),
+                "auroc": auroc((y[both] > 0).astype(np.float32), p[both]),
+                "recall": float((p[chosen] >= threshold).mean()),
+            }
+        )
+    return out
+
+
+def _largest_drawn(sample: Sample, key: str) -> float:
+    """The diameter (mm) of the sample's largest drawn lesion of ``key``; 0 without one."""
+    lesions: list[tuple[Any, ...]] = sample.extra["lesions"]  # type: ignore[assignment]
+    return max((float(les[3] or 0.0) for les in lesions if les[0] == key), default=0.0)
+
+
 def structured_metrics(
     samples: list[Sample], outs: list[dict[str, Any]], thresholds: dict[str, float]
 ) -> dict[str, Any]:
@@ -261,6 +298,9 @@ def structured_metrics(
         tp = float((pred & (yl > 0)).sum())
         f1 = 2 * tp / max(1.0, float(pred.sum() + (yl > 0).sum())) if (yl > 0).any() or pred.any() else None
         per_label[key] = {"auroc": auroc(yl, pl), "f1": f1, "positives": int(yl.sum())}
+        if key in SIZE_BIN_EDGES:
+            largest = np.array([_largest_drawn(s, key) for s in samples])
+            per_label[key]["by_size"] = by_size(yl, pl, largest, thresholds.get(key, 0.5), SIZE_BIN_EDGES[key])
         # detection (focal labels with boxes)
         gts: dict[Any, list[tuple[float, ...]]] = defaultdict(list)
         for ci, s in enumerate(samples):
@@ -662,6 +702,22 @@ def format_tables(metrics: dict[str, Any]) -> str:
     for kind, m in metrics["modalities"].items():
         if "vqa" in m:
             lines.append(f"| {kind} | " + ", ".join(f"{k} {_fmt(v)}" for k, v in m["vqa"]["by_kind"].items()) + " |")
+    lines += [
+        "",
+        "| modality | label | largest lesion | positives | AUROC (against all negatives) | recall at the threshold |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for kind, m in metrics["modalities"].items():
+        for key, r in m["held_out"]["per_label"].items():
+            for b in r.get("by_size", []):
+                span = (
+                    f"≥ {b['from_mm']:g} mm"
+                    if b["to_mm"] is None
+                    else f"< {b['to_mm']:g} mm"
+                    if b["from_mm"] == 0
+                    else f"{b['from_mm']:g}–{b['to_mm']:g} mm"
+                )
+                lines.append(f"| {kind} | {key} | {span} | {b['n']} | {_fmt(b['auroc'])} | {_fmt(b['recall'])} |")
     lines += ["", "| modality | label | AUROC | F1@thr | AP@0.5 | Dice | positives |", "|---|---|---|---|---|---|---|"]
     for kind, m in metrics["modalities"].items():
         for key, r in m["held_out"]["per_label"].items():

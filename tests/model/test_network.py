@@ -11,7 +11,7 @@ from torch import nn
 
 from models.labels import LABEL_KEYS
 from models.network import CELL_CLIP, COARSE_STD_FLOOR, Heads, NetConfig, UnifiedModel
-from models.train import SEG_POS_WEIGHT, kind_schedule, seg_loss, seg_pos_weights
+from models.train import SEG_POS_WEIGHT, kind_schedule, lesion_weights, seg_loss, seg_pos_weights
 
 TINY = NetConfig(n_labels=3, vocab_size=40, d=16, heads=2, enc_layers=1, dec_layers=1, max_len=16)
 
@@ -75,6 +75,31 @@ def test_seg_loss_weights_positive_pixels_per_label() -> None:
     # a weight on a label with no positive pixel changes nothing
     other = seg_loss(logits, gt, keep, 1, torch.tensor([SEG_POS_WEIGHT, 30.0, SEG_POS_WEIGHT]))
     assert other.item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def test_lesion_weights_give_each_small_lesion_the_say_of_a_reference_one() -> None:
+    # volumes (N, D, L, h, w): under label 0 one lesion of 1 voxel and one of 2 x 2 x 2 = 8, under label 1 a
+    # large one; reference 16 voxels, cap 6
+    gt = torch.zeros(1, 4, 2, 8, 8)
+    gt[0, 1, 0, 6, 6] = 1.0
+    gt[0, 1:3, 0, 1:3, 1:3] = 1.0
+    gt[0, :, 1, :, :4] = 1.0
+    w = lesion_weights(gt, 2, 16.0, 6.0)
+    assert w.shape == gt.shape
+    assert w[0, 1, 0, 6, 6] == 6.0  # 16 / 1, capped
+    assert torch.all(w[0, 1:3, 0, 1:3, 1:3] == 2.0)  # 16 / 8
+    assert torch.all(w[0, :, 1] == 1.0)  # larger than the reference: as before
+    assert torch.all(w[gt == 0] == 1.0)  # off the lesions: as before
+    # in the loss, each positive pixel's BCE is scaled by its weight; all-ones weights change nothing
+    logits, keep = torch.zeros_like(gt), torch.tensor([True, True])
+    assert seg_loss(logits, gt, keep, 2, pixel_weights=torch.ones_like(gt)).item() == pytest.approx(
+        seg_loss(logits, gt, keep, 2).item(), rel=1e-6
+    )
+    extra = seg_loss(logits, gt, keep, 2, pixel_weights=w) - seg_loss(logits, gt, keep, 2)
+    weighted_more = 5 * 1 + 1 * 8  # (w - 1) summed over the small lesions' voxels
+    pixels = gt.numel()  # the BCE is a mean over the kept labels' pixels, counted twice
+    expected = 2 * weighted_more * SEG_POS_WEIGHT * torch.log(torch.tensor(2.0)) / pixels
+    assert extra.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_seg_pos_weights_follow_the_label_order_and_reject_unknown_labels() -> None:
