@@ -67,7 +67,7 @@ class _Volume:
         self.lung_ax = (52.0 * s, 82.0 * s)
         self.label_map = np.zeros((depth, size, size), dtype=np.uint8)
         self.lesions: list[Lesion] = []
-        self.cover: dict[int, np.ndarray] = {}  # id(lesion) -> partial-volume share of each voxel (round lesions)
+        self.cover: dict[int, np.ndarray] = {}  # lesion index -> partial-volume share of each voxel (round lesions)
         self._build()
 
     def lung_profile(self, t: np.ndarray) -> np.ndarray:
@@ -122,8 +122,11 @@ class _Volume:
     def free_lung(self, side: str) -> np.ndarray:
         return self.lung[side] & (self.label_map == 0)
 
-    def add(self, lesion: Lesion, mask: np.ndarray, focal: bool) -> None:
+    def add(self, lesion: Lesion, mask: np.ndarray, focal: bool, cover: np.ndarray | None = None) -> None:
+        """Records a placed lesion; ``cover``: its partial-volume share of each voxel (round lesions)."""
         fill_volume_boxes(lesion, mask, focal)
+        if cover is not None:
+            self.cover[len(self.lesions)] = cover
         self.lesions.append(lesion)
         self.label_map[mask] = len(self.lesions)
 
@@ -202,7 +205,10 @@ def _sphere_cover(vol: _Volume, center: tuple[float, float, float], radius_fn: o
     return cover
 
 
-def _place_sphere(vol: _Volume, label: str, diameter: float, lobulated: bool) -> tuple[Lesion, np.ndarray] | None:
+def _place_sphere(
+    vol: _Volume, label: str, diameter: float, lobulated: bool
+) -> tuple[Lesion, np.ndarray, np.ndarray] | None:
+    """A nodule or mass in free lung: (lesion, mask, partial-volume cover), or None where none fits."""
     rng = vol.rng
     r = diameter / 2.0
     phases = rng.uniform(0, 2 * math.pi, 3)
@@ -239,8 +245,7 @@ def _place_sphere(vol: _Volume, label: str, diameter: float, lobulated: bool) ->
             round(diameter, 1),
             attrs={"hu": round(hu), "center_vox": (round(zc / vol.dz - 0.5, 2), *_vox_xy(vol, yc, xc))},
         )
-        vol.cover[id(lesion)] = _sphere_cover(vol, (zc, yc, xc), radius_fn, r * 1.2 + 1.0)
-        return lesion, mask
+        return lesion, mask, _sphere_cover(vol, (zc, yc, xc), radius_fn, r * 1.2 + 1.0)
     return None
 
 
@@ -475,9 +480,9 @@ def render(rng: np.random.Generator, size: int, depth: int, out_of_range: bool) 
             if placed:
                 vol.add(*placed, focal=False)
     if want["mass"]:
-        placed = _place_sphere(vol, "mass", _uniform(rng, MASS_MM_OOR if out_of_range else MASS_MM), True)
-        if placed:
-            vol.add(*placed, focal=True)
+        sphere = _place_sphere(vol, "mass", _uniform(rng, MASS_MM_OOR if out_of_range else MASS_MM), True)
+        if sphere:
+            vol.add(sphere[0], sphere[1], focal=True, cover=sphere[2])
     if want["consolidation"]:
         placed = _place_consolidation(vol, _uniform(rng, CONSOLIDATION_MM_OOR if out_of_range else CONSOLIDATION_MM))
         if placed:
@@ -485,17 +490,17 @@ def render(rng: np.random.Generator, size: int, depth: int, out_of_range: bool) 
     if want["nodule"]:
         for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
             diameter = _uniform(rng, NODULE_MM_OOR if out_of_range else NODULE_MM)
-            placed = _place_sphere(vol, "nodule", diameter, False)
-            if placed:
-                vol.add(*placed, focal=True)
+            sphere = _place_sphere(vol, "nodule", diameter, False)
+            if sphere:
+                vol.add(sphere[0], sphere[1], focal=True, cover=sphere[2])
     for i, lesion in enumerate(vol.lesions):
         region = vol.label_map == i + 1
         if lesion.label == "consolidation":
             patchy = smooth_noise3d(rng, shape, (max(4, depth // 3), 20, 20))
             hu[region] = (-60.0 + 110.0 * patchy)[region]
             _air_bronchograms(hu, vol, region)
-        elif id(lesion) in vol.cover:  # partial volume: edge voxels read between the lung and the lesion
-            share = vol.cover[id(lesion)]
+        elif i in vol.cover:  # partial volume: edge voxels read between the lung and the lesion
+            share = vol.cover[i]
             hu += share * (float(lesion.attrs["hu"]) - hu)
         else:
             hu[region] = float(lesion.attrs["hu"])
