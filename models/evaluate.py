@@ -628,6 +628,14 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _size_span(size_bin: dict[str, Any]) -> str:
+    """A :func:`by_size` bin's diameters as the tables name them: "< 10 mm", "10–15 mm", "≥ 20 mm"."""
+    lo, hi = size_bin["from_mm"], size_bin["to_mm"]
+    if hi is None:
+        return f"≥ {lo:g} mm"
+    return f"< {hi:g} mm" if lo == 0 else f"{lo:g}–{hi:g} mm"
+
+
 def format_tables(metrics: dict[str, Any]) -> str:
     """Markdown tables: one row per modality and split; then per-label detail."""
     lines = [
@@ -702,22 +710,23 @@ def format_tables(metrics: dict[str, Any]) -> str:
     for kind, m in metrics["modalities"].items():
         if "vqa" in m:
             lines.append(f"| {kind} | " + ", ".join(f"{k} {_fmt(v)}" for k, v in m["vqa"]["by_kind"].items()) + " |")
-    lines += [
-        "",
-        "| modality | label | largest lesion | positives | AUROC (against all negatives) | recall at the threshold |",
+    sized = [
+        (kind, key, b)
+        for kind, m in metrics["modalities"].items()
+        for key, r in m["held_out"]["per_label"].items()
+        for b in r.get("by_size", [])
     ]
-    lines.append("|---|---|---|---|---|---|")
-    for kind, m in metrics["modalities"].items():
-        for key, r in m["held_out"]["per_label"].items():
-            for b in r.get("by_size", []):
-                span = (
-                    f"≥ {b['from_mm']:g} mm"
-                    if b["to_mm"] is None
-                    else f"< {b['to_mm']:g} mm"
-                    if b["from_mm"] == 0
-                    else f"{b['from_mm']:g}–{b['to_mm']:g} mm"
-                )
-                lines.append(f"| {kind} | {key} | {span} | {b['n']} | {_fmt(b['auroc'])} | {_fmt(b['recall'])} |")
+    if sized:
+        lines += [
+            "",
+            "| modality | label | largest lesion | positives | AUROC (against all negatives) | "
+            "recall at the threshold |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {kind} | {key} | {_size_span(b)} | {b['n']} | {_fmt(b['auroc'])} | {_fmt(b['recall'])} |"
+            for kind, key, b in sized
+        ]
     lines += ["", "| modality | label | AUROC | F1@thr | AP@0.5 | Dice | positives |", "|---|---|---|---|---|---|---|"]
     for kind, m in metrics["modalities"].items():
         for key, r in m["held_out"]["per_label"].items():

@@ -267,16 +267,18 @@ def vision_losses(
     """Stage 1's vision loss of one batch: (total, outputs, named parts). ``small_lesions``: per kind, the
     (reference pixels, cap) of :func:`lesion_weights` for its segmentation BCE."""
     keep = b.label_mask
+    label_axis = 1 if b.kind == "cxr" else 2  # of the masks: (N, L, S, S) or (N, D, L, s, s)
     small = (small_lesions or {}).get(b.kind)
+    pixel_weights = lesion_weights(b.seg, label_axis, *small) if small else None
     if b.kind == "cxr":
         o = model.forward_2d(b.image, b.modality)
-        seg = seg_loss(o["seg"], b.seg, keep, 1, seg_pos, small and lesion_weights(b.seg, 1, *small))
+        seg = seg_loss(o["seg"], b.seg, keep, label_axis, seg_pos, pixel_weights)
         heat = focal_heatmap_loss(o["heatmap"], b.heat, keep)
         reg = b.reg[:, None]
         extra = torch.zeros(())
     else:
         o = model.forward_3d(b.image, b.modality)
-        seg = seg_loss(o["seg"], b.seg, keep, 2, seg_pos, small and lesion_weights(b.seg, 2, *small))
+        seg = seg_loss(o["seg"], b.seg, keep, label_axis, seg_pos, pixel_weights)
         heat = focal_heatmap_loss(o["heatmap"], b.heat, keep)
         reg = b.reg[:, :, None]
         assert b.slice_present is not None
