@@ -37,6 +37,7 @@ class Sample:
     qa: list[tuple[str, str, str, str]]  # (lang, question, answer, kind)
     out_of_range: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    dot: np.ndarray | None = None  # float16 (D,s,s) in [0,1]: CT's dot channel (``preprocess.prepare_dot``)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -63,6 +64,7 @@ def _tight_box(m: np.ndarray) -> tuple[float, float, float, float] | None:
 
 def sample_from_case(case: Case) -> Sample:
     """Bring one phantom to the model grid (same preprocessing as the runtime) and derive the targets."""
+    dot = None
     if case.kind == "cxr":
         image = preprocess.prepare_cxr(case.image)
         shape: tuple[int, ...] = image.shape
@@ -70,6 +72,8 @@ def sample_from_case(case: Case) -> Sample:
     else:
         image = preprocess.prepare_volume(case.image.astype(np.float32), case.kind)
         shape = image.shape
+        if case.kind == "ct":
+            dot = preprocess.prepare_dot(case.image.astype(np.float32), case.spacing).astype(np.float16)
         scale = shape[1] / case.image.shape[1]
     cls = np.zeros(shape, np.uint8)
     boxes: list[tuple[int, int, float, float, float, float]] = []
@@ -105,6 +109,7 @@ def sample_from_case(case: Case) -> Sample:
         report=dict(case.report),
         qa=[(q.lang, q.question, q.answer, q.kind) for q in case.qa],
         out_of_range=bool(case.meta.get("out_of_range", False)),
+        dot=dot,
         extra={
             "lesions": [
                 (les.label, les.location, les.laterality, les.size_mm, les.attrs.get("suv_max")) for les in case.lesions
@@ -160,6 +165,7 @@ class Batch:
     offset: torch.Tensor
     reg: torch.Tensor
     slice_present: torch.Tensor | None  # (N,D,L) volumes only
+    dot: torch.Tensor | None = None  # (N,D,s,s) CT only
 
 
 def collate(samples: Sequence[Sample], augment: np.random.Generator | None = None) -> Batch:
@@ -207,4 +213,12 @@ def collate(samples: Sequence[Sample], augment: np.random.Generator | None = Non
         offset=off,
         reg=reg,
         slice_present=slice_present,
+        dot=stack_dots(samples),
     )
+
+
+def stack_dots(samples: Sequence[Sample]) -> torch.Tensor | None:
+    """The samples' dot channels (N,D,s,s) float32, or None where they have none (radiographs, PET)."""
+    if any(s.dot is None for s in samples):
+        return None
+    return torch.from_numpy(np.stack([np.asarray(s.dot, np.float32) for s in samples]))

@@ -72,7 +72,10 @@ def torch_outputs(
     step = batch if kind == "cxr" else max(1, batch // 8)
     for i in range(0, len(samples), step):
         b = collate(samples[i : i + step])
-        yield b, model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
+        yield (
+            b,
+            model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality, b.dot),
+        )
 
 
 def predict_probs(model: UnifiedModel, samples: list[Sample], batch: int = 32) -> np.ndarray:
@@ -190,9 +193,9 @@ def corrupt(images: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarr
 # ---- running the bundle -----------------------------------------------------------------------------------
 def raw_outputs(runner: Any, samples: list[Sample], images: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
     """The graphs' outputs per case, undecoded (probabilities, heatmaps, segmentation probabilities, ...):
-    :mod:`models.decoding` chooses the decoding settings on them, :func:`decode` applies them."""
-    from dicom_agent.inference.onnx_runner import MODALITY_INDEX
-
+    :mod:`models.decoding` chooses the decoding settings on them, :func:`decode` applies them. ``images`` stand in
+    for the samples' own (the corruptions); a CT keeps the dot channel of its clean volume (it is computed on a
+    grid finer than the one the corruptions apply to)."""
     kind = samples[0].kind
     imgs = np.stack([s.image.astype(np.float32) for s in samples]) if images is None else images
     if kind == "cxr":
@@ -201,8 +204,9 @@ def raw_outputs(runner: Any, samples: list[Sample], images: np.ndarray | None = 
             for j in range(o["probs"].shape[0]):
                 yield {k: o[k][j] for k in ("probs", "heatmap", "size", "offset", "seg")} | {"image": imgs[i + j]}
         return
-    for i in range(len(samples)):
-        o = runner._run("enc3d", {"volume": imgs[i : i + 1], "modality": np.array([MODALITY_INDEX[kind]], np.int64)})
+    for i, sample in enumerate(samples):
+        dot = None if sample.dot is None else np.asarray(sample.dot, np.float32)
+        o = runner._run("enc3d", runner.volume_feeds(imgs[i], kind, dot))
         yield {k: o[k][0] for k in ("probs", "heatmap", "size", "offset", "seg", "relevance")} | {
             "top": o["top_slices"][0],
             "image": imgs[i],

@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.16.0"
+BUNDLE_VERSION = "0.17.0"
 OPSET = 18
 
 
@@ -64,8 +64,10 @@ class Enc3D(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, volume: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        o = self.model.forward_3d(volume, modality)
+    def forward(
+        self, volume: torch.Tensor, modality: torch.Tensor, dot: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        o = self.model.forward_3d(volume, modality, dot)
         ck, cv = self.model.decoder.cross_kv(o["memory"])
         return (
             torch.sigmoid(o["logits"]),
@@ -134,6 +136,11 @@ def load_checkpoint(path: Path) -> tuple[UnifiedModel, dict[str, Any]]:
     return model, ckpt
 
 
+def enc3d_inputs(cfg: NetConfig) -> list[str]:
+    """The volume graph's inputs: a model with the dot channel (``NetConfig.dot``) takes it as a third."""
+    return ["volume", "modality", *(["dot"] if cfg.dot else [])]
+
+
 def example_inputs(cfg: NetConfig, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
     """Example inputs with size >= 2 on every dynamic axis (batch, tokens, past, memory)."""
     g = torch.Generator().manual_seed(0)
@@ -146,6 +153,7 @@ def example_inputs(cfg: NetConfig, batch: int = 2) -> dict[str, tuple[torch.Tens
         "enc3d": (
             torch.rand(batch, cfg.depth, cfg.slice_size, cfg.slice_size, generator=g),
             torch.tensor([1, 2] * (batch // 2) + [1] * (batch % 2), dtype=torch.long),
+            *([torch.rand(batch, cfg.depth, cfg.slice_size, cfg.slice_size, generator=g)] if cfg.dot else []),
         ),
         "dec_step": (
             torch.randint(0, cfg.vocab_size, (batch, 2), generator=g),
@@ -171,7 +179,7 @@ def export_graphs(model: UnifiedModel, out_dir: Path) -> dict[str, Path]:
     memory = Dim("memory", min=1, max=4096)
     specs: dict[str, tuple[nn.Module, list[str], list[str], Any]] = {
         "enc2d": (Enc2D(model), ["image"], ENC2D_OUTPUTS, {"image": {0: batch}}),
-        "enc3d": (Enc3D(model), ["volume", "modality"], ENC3D_OUTPUTS, {"volume": {0: batch}, "modality": {0: batch}}),
+        "enc3d": (Enc3D(model), enc3d_inputs(cfg), ENC3D_OUTPUTS, {name: {0: batch} for name in enc3d_inputs(cfg)}),
         "dec_step": (
             DecStep(model),
             dec_inputs(cfg),
@@ -246,7 +254,15 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
             },
         },
         "enc3d": {
-            "inputs": {"volume": f"[N, {D}, {s}, {s}] float32 in [0,1]", "modality": "[N] int64: 1 = CT, 2 = PET"},
+            "inputs": {
+                "volume": f"[N, {D}, {s}, {s}] float32 in [0,1]",
+                "modality": "[N] int64: 1 = CT, 2 = PET",
+                **(
+                    {"dot": f"[N, {D}, {s}, {s}] float32 in [0,1]: CT's dot channel (inputs.ct.dot), PET zeros"}
+                    if cfg.dot
+                    else {}
+                ),
+            },
             "outputs": {
                 "probs": f"[N, {L}] volume-level probability per label",
                 "slice_probs": f"[N, {D}, {L}] per-slice probability per label",
@@ -338,7 +354,7 @@ def write_bundle(
         "precision": "int8-dynamic (enc2d, dec_step)" if int8 else "fp32",
         "files": files,
         "config": model.cfg.to_dict(),
-        "inputs": preprocess.spec(),
+        "inputs": preprocess.spec(dot=bool(model.cfg.dot)),
         "graphs": outputs_spec(model.cfg),
         "labels": labels,
         "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},

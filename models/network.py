@@ -67,6 +67,11 @@ class NetConfig:
     # encoder alone cannot tell a nodule from a vessel crossing the slice: both are bright dots, but the vessel
     # goes on in the next slice. 0 keeps the bundles made before it loadable
     slice_context: int = 0
+    # 1: CT slices get one more input channel, the Hessian dot enhancement computed on the grid twice as fine
+    # (``dicom_agent.inference.blobs``); radiographs and PET get zeros there. On the model grid a nodule under
+    # 15 mm is one voxel as bright as a vessel; the filter on the finer grid sets it apart. 0 keeps the bundles
+    # made before it loadable
+    dot: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -137,7 +142,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         d = cfg.d
-        self.s1 = _conv(1 + 2 * cfg.slice_context, 32, 2)
+        self.s1 = _conv(1 + 2 * cfg.slice_context + cfg.dot, 32, 2)
         self.s2 = _conv(32, 64, 2)
         self.s3 = nn.Sequential(_conv(64, d, 2), nn.Conv2d(d, d, 1))
         grid = cfg.image_size // cfg.stride
@@ -426,18 +431,25 @@ class UnifiedModel(nn.Module):
         """Images or slices (N,C,S,S) in [0, 1] -> (N, coarse²) average-pooled cells of channel 0 in [-1, 1]."""
         return F.avg_pool2d(image[:, :1] * 2.0 - 1.0, image.shape[-1] // self.cfg.coarse).flatten(1)
 
-    def with_context(self, volume: torch.Tensor) -> torch.Tensor:
-        """Volumes (N,D,S,S) -> slices (N*D, 1+2k, S, S): each slice, then itself minus the slice k..1 below and
-        1..k above (edges repeated), k = ``slice_context``. Radiographs (N,1,S,S) get zero differences."""
+    def with_context(self, volume: torch.Tensor, dot: torch.Tensor | None = None) -> torch.Tensor:
+        """Volumes (N,D,S,S) -> slices (N*D, C, S, S): each slice, then itself minus the slice k..1 below and
+        1..k above (edges repeated), k = ``slice_context``, then (``cfg.dot``) its dot channel (N,D,S,S), zeros
+        where ``dot`` is None. Radiographs (N,1,S,S) get zero differences."""
         k = self.cfg.slice_context
         n, depth, s, _ = volume.shape
-        if depth == 1 or k == 0:
-            flat = volume.reshape(n * depth, 1, s, s)
-            return flat if k == 0 else torch.cat([flat, torch.zeros_like(flat).repeat(1, 2 * k, 1, 1)], 1)
-        padded = torch.cat([volume[:, :1].expand(-1, k, -1, -1), volume, volume[:, -1:].expand(-1, k, -1, -1)], 1)
-        offsets = [o for o in range(-k, k + 1) if o]
-        diffs = [volume - padded[:, k + o : k + o + depth] for o in offsets]
-        return torch.stack([volume, *diffs], 2).reshape(n * depth, 1 + 2 * k, s, s)
+        flat = volume.reshape(n * depth, 1, s, s)
+        if k == 0:
+            parts = [flat]
+        elif depth == 1:
+            parts = [flat, torch.zeros_like(flat).repeat(1, 2 * k, 1, 1)]
+        else:
+            padded = torch.cat([volume[:, :1].expand(-1, k, -1, -1), volume, volume[:, -1:].expand(-1, k, -1, -1)], 1)
+            offsets = [o for o in range(-k, k + 1) if o]
+            diffs = [volume - padded[:, k + o : k + o + depth] for o in offsets]
+            parts = [torch.stack([volume, *diffs], 2).reshape(n * depth, 1 + 2 * k, s, s)]
+        if self.cfg.dot:
+            parts.append(torch.zeros_like(flat) if dot is None else dot.reshape(n * depth, 1, s, s))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     @torch.no_grad()
     def fit_coarse_stats(self, modality: int, images: torch.Tensor) -> None:
@@ -500,10 +512,13 @@ class UnifiedModel(nn.Module):
         return out
 
     # ---- 3D -------------------------------------------------------------------------------------------------
-    def forward_3d(self, volume: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
-        """volume (N,D,S,S), modality (N,) -> per-slice heads (N,D,...), slice relevance (N,D), volume logits (N,L)."""
+    def forward_3d(
+        self, volume: torch.Tensor, modality: torch.Tensor, dot: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """volume (N,D,S,S), modality (N,), dot channel (N,D,S,S) or None (zeros) -> per-slice heads (N,D,...),
+        slice relevance (N,D), volume logits (N,L)."""
         n, depth = volume.shape[:2]
-        tokens, out = self._encode(self.with_context(volume), modality.repeat_interleave(depth))
+        tokens, out = self._encode(self.with_context(volume, dot), modality.repeat_interleave(depth))
         t, d = tokens.shape[1], tokens.shape[2]
         tok = tokens.reshape(n, depth, t, d)
         slice_emb = tok.mean(2)

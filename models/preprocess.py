@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dicom_agent.inference.blobs import DOT_SCALE, DOT_SIGMAS_MM, dot_channel
+
 IMAGE_SIZE = 128
 SLICE_SIZE = 64
 DEPTH = 32
@@ -31,9 +33,15 @@ def _cell_mean(kind: str) -> str:
     )
 
 
-def spec() -> dict[str, Any]:
-    """The manifest's ``inputs`` section (the runtime engineer implements exactly this from DICOM)."""
-    return {
+def _fine_words() -> str:
+    x, y, z = DRAWN["ct"]
+    return f"{x:g} x {y:g} x {z:g} times (x, y, z)"
+
+
+def spec(dot: bool = False) -> dict[str, Any]:
+    """The manifest's ``inputs`` section (the runtime engineer implements exactly this from DICOM); ``dot``: the
+    model takes CT's dot channel (``NetConfig.dot``)."""
+    inputs: dict[str, Any] = {
         "cxr": {
             "graph": "enc2d",
             "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE],
@@ -78,6 +86,22 @@ def spec() -> dict[str, Any]:
             "size": SLICE_SIZE,
         },
     }
+    if dot:
+        inputs["ct"]["dot"] = {
+            "input": "dot",
+            "steps": [
+                f"the windowed HU as above, but on a grid {_fine_words()} finer than the model's (same extent; "
+                "a finer series block-averaged first exactly as above, then trilinear)",
+                "Hessian dot enhancement (dicom_agent.inference.blobs.dot_enhance) with the fine grid's spacing "
+                "in mm, maximum over the Gaussian scales",
+                "maximum over the fine voxels of each model voxel (max_to_grid), divided by the scale, clipped "
+                "to [0, 1]",
+            ],
+            "sigmas_mm": list(DOT_SIGMAS_MM),
+            "scale": DOT_SCALE,
+            "fine": list(DRAWN["ct"]),
+        }
+    return inputs
 
 
 def normalize_cxr(image: np.ndarray) -> np.ndarray:
@@ -129,3 +153,21 @@ def prepare_volume(volume: np.ndarray, modality: str) -> np.ndarray:
     """Generator CT (HU) or PET (SUV) volume (D,H,W) -> model input (DEPTH,S,S) in [0,1]."""
     lo, hi = CT_WINDOW if modality == "ct" else PET_WINDOW
     return window(resize_3d(volume, DEPTH, SLICE_SIZE, DRAWN[modality]), lo, hi)
+
+
+def fine_shape(kind: str) -> tuple[int, int, int]:
+    """(z, y, x) of the grid the dot channel is computed on: ``DRAWN`` times the model grid."""
+    x, y, z = DRAWN[kind]
+    return int(DEPTH * z), int(SLICE_SIZE * y), int(SLICE_SIZE * x)
+
+
+def prepare_dot(volume: np.ndarray, spacing_zyx: tuple[float, ...], modality: str = "ct") -> np.ndarray:
+    """Generator CT (HU, spacing in mm) -> the model's dot channel (DEPTH,S,S) in [0,1] (manifest
+    ``inputs.ct.dot``): on the fine grid (the phantoms are drawn on it; another size is brought there as the
+    runtime does, block means then trilinear), windowed, enhanced, max-pooled onto the model grid."""
+    fine = fine_shape(modality)
+    extent = [n * s for n, s in zip(volume.shape, spacing_zyx, strict=True)]
+    values = resize_3d(volume, fine[0], fine[1], (1.0, 1.0, 1.0)) if volume.shape != fine else volume
+    lo, hi = CT_WINDOW
+    spacing = tuple(e / n for e, n in zip(extent, fine, strict=True))
+    return dot_channel(window(values, lo, hi), spacing, (DEPTH, SLICE_SIZE, SLICE_SIZE))

@@ -104,6 +104,9 @@ class TrainConfig:
     # (session 32) found more CT nodules but lost CT and PET masks: not shipped (docs/model.md, "CT nodules under
     # 16 mm")
     slice_context: int = 1
+    # CT slices also see the Hessian dot enhancement of the grid twice as fine (``NetConfig.dot``): on the model
+    # grid alone nodules under 15 mm were at chance (session 32)
+    dot_channel: bool = True
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
@@ -277,7 +280,7 @@ def vision_losses(
         reg = b.reg[:, None]
         extra = torch.zeros(())
     else:
-        o = model.forward_3d(b.image, b.modality)
+        o = model.forward_3d(b.image, b.modality, b.dot)
         seg = seg_loss(o["seg"], b.seg, keep, label_axis, seg_pos, pixel_weights)
         heat = focal_heatmap_loss(o["heatmap"], b.heat, keep)
         reg = b.reg[:, :, None]
@@ -474,7 +477,7 @@ def vision_features(model: UnifiedModel, samples: list[Sample], batch: int = 32)
     step = batch if kind == "cxr" else max(1, batch // 8)
     for i in range(0, len(samples), step):
         b = collate(samples[i : i + step])
-        o = model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality)
+        o = model.forward_2d(b.image, b.modality) if kind == "cxr" else model.forward_3d(b.image, b.modality, b.dot)
         toks.append(o["mem_tokens"].half())
         feats.append(o["mem_feats"].half())
         probs.append(torch.sigmoid(o["logits"]))
@@ -691,6 +694,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
         tok = train_tokenizer(corpus([s for p in pools.values() for s in p]), cfg.vocab_size)
         sizes = {"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), "copy": int(cfg.copy_head)}
         sizes["slice_context"] = cfg.slice_context
+        sizes["dot"] = int(cfg.dot_channel)
         net = NetConfig(**{**sizes, **cfg.net})
         model = UnifiedModel(net)
         fit_coarse_stats(model, pools)

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import answer_disagreement, flag_disagreements
+from dicom_agent.inference.blobs import dot_channel
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
 from dicom_agent.inference.measure import NODULE_MAX_MM, SourceGrid
@@ -112,6 +113,7 @@ class BundleAdapter:
         self.lung_field = tuple(cxr.get("lung_field", DEFAULT_LUNG_FIELD))
         self.grids: dict[str, VolumeGrid] = {}
         self.windows: dict[str, tuple[float, float]] = {}
+        self.dots: dict[str, dict[str, Any] | None] = {}  # manifest inputs.<kind>.dot: the dot channel's spec
         for kind, default_window in (("ct", (-1000.0, 400.0)), ("pet", (0.0, 10.0))):
             spec = inputs.get(kind, {})
             self.grids[kind] = VolumeGrid(
@@ -119,7 +121,9 @@ class BundleAdapter:
                 size=int(spec.get("size", config["slice_size"])),
                 keep_aspect=bool(spec.get("keep_aspect", False)),
                 drawn=_drawn(spec.get("drawn")),
+                fine=_drawn((spec.get("dot") or {}).get("fine")),
             )
+            self.dots[kind] = spec.get("dot")
             low, high = spec.get("window", default_window)
             self.windows[kind] = (float(low), float(high))
         log.info(
@@ -175,9 +179,10 @@ class BundleAdapter:
             with timer.stage("preprocess_s"):
                 volume = load_volume(series.files, self.grids[kind], study.study_instance_uid)
                 model_input = swap(window(volume.values, *self.windows[kind]))
+                dot = self._dot(kind, volume)
             flags.extend(f for f in volume.flags if f not in flags)
             with timer.stage("heads_s"):
-                result3d = self.runner.run_3d(model_input, kind)
+                result3d = self.runner.run_3d(model_input, kind, dot)
             with timer.stage("map_back_s"):
                 mine = self._findings_3d(kind, volume, result3d)
                 findings.extend(mine)
@@ -390,6 +395,16 @@ class BundleAdapter:
         return Mask(radiograph.ref.series_instance_uid, [radiograph.ref], source[None])
 
     # ---- volumes -------------------------------------------------------------------------------------------
+    def _dot(self, kind: str, volume: Volume) -> np.ndarray | None:
+        """The volume's dot channel where the bundle takes one (manifest ``inputs.<kind>.dot``), from its values
+        on the finer grid, windowed as the model input is."""
+        spec = self.dots.get(kind)
+        if spec is None or volume.fine is None or volume.fine_spacing is None:
+            return None
+        values = window(volume.fine, *self.windows[kind])
+        sigmas = tuple(float(v) for v in spec["sigmas_mm"])
+        return dot_channel(values, volume.fine_spacing, volume.values.shape, sigmas, float(spec["scale"]))
+
     def _findings_3d(self, kind: str, volume: Volume, result: Any) -> list[Finding]:
         """One volume's findings: a focal label's lesions are its mask components (one label per region) that hold
         a detection, then its boxes outside every component; a non-focal label is reported per side."""
@@ -611,7 +626,8 @@ class BundleAdapter:
 
 
 def _drawn(value: Any) -> tuple[float, float, float] | None:
-    """The manifest's ``inputs.<kind>.drawn`` ([x, y, z]); bundles without it resample a series as it is."""
+    """The manifest's ``inputs.<kind>.drawn`` or ``inputs.<kind>.dot.fine`` ([x, y, z]); None where the bundle has
+    none (a series resampled as it is; no finer grid)."""
     if value is None:
         return None
     x, y, z = (float(v) for v in value)

@@ -476,6 +476,8 @@ class BundleRunner:
         self.providers = self.sessions["enc2d"].get_providers()
         # a decoder with the copy head (bundles from 0.9.0) takes the tokens of its cached positions
         self.copy_head = any(i.name == "past_ids" for i in self.sessions["dec_step"].get_inputs())
+        # a volume graph with CT's dot channel (manifest inputs.ct.dot, bundles from 0.17.0) takes it as "dot"
+        self.takes_dot = any(i.name == "dot" for i in self.sessions["enc3d"].get_inputs())
         log.info("model bundle %s %s on %s", self.manifest["name"], self.manifest["version"], self.providers[0])
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / files["tokenizer"]["path"]))
         special = self.manifest["special_tokens"]
@@ -584,16 +586,27 @@ class BundleRunner:
             )
         return results
 
-    def run_3d(self, volume: np.ndarray, modality: str) -> Result3D:
+    def volume_feeds(self, volume: np.ndarray, modality: str, dot: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The volume graph's inputs for one volume (D,s,s): with the dot channel, a CT must bring its own
+        (manifest ``inputs.ct.dot``: zeros there would read as "no nodule") and a PET gets zeros."""
+        feeds = {"volume": volume[None], "modality": np.array([MODALITY_INDEX[modality]], np.int64)}
+        if self.takes_dot:
+            if dot is None and modality == "ct":
+                raise ValueError("this bundle's CT input has a dot channel (manifest inputs.ct.dot); none given")
+            feeds["dot"] = (np.zeros_like(volume) if dot is None else np.asarray(dot, np.float32))[None]
+        return feeds
+
+    def run_3d(self, volume: np.ndarray, modality: str, dot: np.ndarray | None = None) -> Result3D:
         """One volume ``volume`` (D,s,s) float32 in [0,1] (manifest ``inputs.ct`` / ``inputs.pet``), modality
-        ``"ct"`` or ``"pet"`` -> Result3D. D must equal the manifest's depth (>= top_k)."""
+        ``"ct"`` or ``"pet"``, CT's dot channel where the bundle takes one (``volume_feeds``) -> Result3D. D must
+        equal the manifest's depth (>= top_k)."""
         volume = np.asarray(volume, dtype=np.float32)
         side, depth = int(self.config["slice_size"]), int(self.config["depth"])
         if volume.shape != (depth, side, side):
             raise ValueError(f"run_3d expects ({depth},{side},{side}) float32, got {volume.shape}")
         if modality not in ("ct", "pet"):
             raise ValueError(f"run_3d modality must be ct or pet, got {modality!r}")
-        out = self._run("enc3d", {"volume": volume[None], "modality": np.array([MODALITY_INDEX[modality]], np.int64)})
+        out = self._run("enc3d", self.volume_feeds(volume, modality, dot))
         probs = out["probs"][0]
         present = self._present(probs, modality)
         seg = out["seg"][0]  # (D,L,s,s)

@@ -43,6 +43,9 @@ class VolumeGrid:
     # (x, y, z): how many times finer than the grid the training volumes were; a finer series is block-averaged
     # to that first (``cell_blocks``). None: resampled as it is.
     drawn: tuple[float, float, float] | None = None
+    # (x, y, z): also resample the series onto a grid this many times finer than the model's (same extent), for
+    # inputs computed there (CT's dot channel, ``blobs``). None: no such copy
+    fine: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Volume:
     source: sitk.Image  # geometry (and values) of the source stack, in position order
     model: sitk.Image  # geometry of the model grid (values = ``values``)
     flags: list[str] = field(default_factory=list)
+    fine: np.ndarray | None = None  # float32 (z, y, x): the same values on ``VolumeGrid.fine``'s grid
+    fine_spacing: tuple[float, float, float] | None = None  # (z, y, x) mm of ``fine``
 
     @property
     def source_shape(self) -> tuple[int, int, int]:
@@ -278,7 +283,7 @@ def to_model_grid(
         sampled = block_mean(oriented, blocks)
     resampled = sitk.Resample(sampled, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
     values = sitk.GetArrayFromImage(resampled).astype(np.float32)
-    return Volume(
+    volume = Volume(
         values=values,
         unit=unit,
         slices=slices if slices is not None else [],
@@ -286,6 +291,24 @@ def to_model_grid(
         model=resampled,
         flags=flags if flags is not None else [],
     )
+    if grid.fine is not None:
+        finer = finer_grid(reference, grid.fine)
+        fine = sitk.Resample(sampled, finer, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
+        volume.fine = sitk.GetArrayFromImage(fine).astype(np.float32)
+        x, y, z = finer.GetSpacing()
+        volume.fine_spacing = (z, y, x)
+    return volume
+
+
+def finer_grid(reference: sitk.Image, factors: Sequence[float]) -> sitk.Image:
+    """``reference`` (the model grid) with each voxel split into ``factors`` (x, y, z) voxels: same extent, the
+    finer voxels tiling each model voxel."""
+    f = np.asarray(factors, dtype=float)
+    finer = sitk.Image([round(n * k) for n, k in zip(reference.GetSize(), f, strict=True)], sitk.sitkFloat32)
+    finer.SetSpacing(tuple(float(v) for v in np.asarray(reference.GetSpacing(), dtype=float) / f))
+    finer.SetDirection(reference.GetDirection())
+    finer.SetOrigin(reference.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in -0.5 + 0.5 / f)))
+    return finer
 
 
 def window(values: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -199,6 +199,22 @@ def test_slice_context_tells_a_dot_that_ends_from_a_vessel_that_goes_on() -> Non
     assert torch.equal(model.coarse_pooled(x), model.coarse_pooled(volume[0][:, None]))
 
 
+def test_dot_channel_comes_last_and_is_zero_without_one() -> None:
+    """``NetConfig.dot``: CT slices carry their dot channel after the slice and its differences; radiographs and
+    volumes given none (PET) get zeros there, so the same encoder serves all three."""
+    model = UnifiedModel(replace(TINY, slice_context=1, dot=1))
+    assert model.encoder.s1[0].in_channels == 4
+    volume, dot = torch.rand(2, 5, 64, 64), torch.rand(2, 5, 64, 64)
+    x = model.with_context(volume, dot)
+    assert x.shape == (10, 4, 64, 64)
+    assert torch.equal(x[:, 3], dot.reshape(10, 64, 64)) and torch.equal(x[:, :3], model.with_context(volume)[:, :3])
+    assert model.with_context(volume)[:, 3].abs().max() == 0
+    assert model.with_context(torch.rand(2, 1, 128, 128))[:, 3].abs().max() == 0
+    out = model.forward_3d(volume, torch.tensor([1, 1]), dot)
+    assert out["logits"].shape == (2, TINY.n_labels)
+    assert not torch.equal(out["logits"], model.forward_3d(volume, torch.tensor([1, 1]))["logits"])
+
+
 def test_coarse_cells_are_standardised_per_modality_with_a_floored_std() -> None:
     model = UnifiedModel(TINY)
     torch.manual_seed(0)

@@ -88,6 +88,7 @@ def test_exported_graphs_have_symbolic_batch_axes(bundle_name: str, smoke_bundle
     enc2d, enc3d, dec = (_dims(bundle / f"{g}.onnx") for g in ("enc2d", "enc3d", "dec_step"))
     assert isinstance(enc2d["image"][0], str) and isinstance(enc2d["probs"][0], str)
     assert isinstance(enc3d["volume"][0], str) and isinstance(enc3d["modality"][0], str)
+    assert "dot" not in enc3d or isinstance(enc3d["dot"][0], str)
     assert all(isinstance(enc2d[n][1], str) for n in ("cross_k", "cross_v"))
     ids = dec["input_ids"]
     assert isinstance(ids[0], str) and isinstance(ids[1], str)  # batch and token count
@@ -129,6 +130,17 @@ def test_onnx_runtime_matches_torch_on_fresh_inputs(smoke_run: Path, smoke_bundl
     )
     np.testing.assert_allclose(r3.relevance, o3["relevance"][0].numpy(), atol=1e-4)
     assert r3.top_slices == o3["top_slices"][0].tolist()
+    # CT with its dot channel (the smoke recipe trains one, as the shipped one does)
+    assert cfg.dot == 1 and runner.takes_dot
+    dot = rng.random((cfg.depth, cfg.slice_size, cfg.slice_size), dtype=np.float32)
+    ct = runner.run_3d(volume, "ct", dot)
+    o_ct = model.forward_3d(torch.from_numpy(volume[None]), torch.tensor([1]), torch.from_numpy(dot[None]))
+    np.testing.assert_allclose(
+        [ct.probabilities[k] for k in runner.label_keys], torch.sigmoid(o_ct["logits"][0]).numpy(), atol=1e-4
+    )
+    np.testing.assert_allclose(ct.mask_probs, torch.sigmoid(o_ct["seg"][0]).numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="dot channel"):
+        runner.run_3d(volume, "ct")  # zeros would read as "no nodule": refused
 
     tok = runner.tokenizer
     eos = tok.token_to_id("<eos>")
