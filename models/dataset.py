@@ -70,10 +70,11 @@ def sample_from_case(case: Case) -> Sample:
         shape: tuple[int, ...] = image.shape
         scale = shape[0] / case.image.shape[0]
     else:
-        image = preprocess.prepare_volume(case.image.astype(np.float32), case.kind)
+        values = case.image.astype(np.float32)
+        image = preprocess.prepare_volume(values, case.kind)
         shape = image.shape
         if case.kind == "ct":
-            dot = preprocess.prepare_dot(case.image.astype(np.float32), case.spacing).astype(np.float16)
+            dot = preprocess.prepare_dot(values, case.spacing).astype(np.float16)
         scale = shape[1] / case.image.shape[1]
     cls = np.zeros(shape, np.uint8)
     boxes: list[tuple[int, int, float, float, float, float]] = []
