@@ -90,7 +90,7 @@ _ADAPTERS: dict[Path, Any] = {}
 
 def _inputs(bundle: Path, kind: str) -> np.ndarray:
     """The sample study's model input, produced the adapter's way (also times preprocessing); a CT for a bundle
-    with the dot channel comes as (2,D,s,s): the volume, then its dot channel."""
+    with fine-grid channels comes as (1+K,D,s,s): the volume, then its K channels."""
     from dicom_agent.inference.bundle_adapter import BundleAdapter
     from dicom_agent.inference.volume import load_volume, window
 
@@ -106,8 +106,8 @@ def _inputs(bundle: Path, kind: str) -> np.ndarray:
     values = window(volume.values, *adapter.windows[kind])
     dot = adapter._dot(kind, volume)
     if dot is None and adapter.runner.takes_dot:  # PET: zeros there (``BundleRunner.volume_feeds``)
-        dot = np.zeros_like(values)
-    return values if dot is None else np.stack([values, dot])
+        dot = np.zeros((adapter.runner.dot_channels, *values.shape), np.float32)
+    return values if dot is None else np.concatenate([values[None], dot.reshape(-1, *values.shape)])
 
 
 def preprocess_s(bundle: Path, kind: str, repeat: int) -> float:
@@ -123,13 +123,13 @@ def encoder_graph(kind: str) -> str:
 
 
 def encoder_feeds(kind: str, x: np.ndarray, batch: int = 1) -> dict[str, np.ndarray]:
-    """The encoder graph's inputs: the first radiograph of ``x``, or the volume ``x`` (with its dot channel where
-    ``_inputs`` gave one), repeated ``batch`` times."""
+    """The encoder graph's inputs: the first radiograph of ``x``, or the volume ``x`` (with its fine-grid channels
+    where ``_inputs`` gave them), repeated ``batch`` times."""
     from dicom_agent.inference.onnx_runner import MODALITY_INDEX
 
     if kind == "cxr":
         return {"image": np.repeat(x[:1, None], batch, axis=0)}
-    volume, dot = (x[0], x[1]) if x.ndim == 4 else (x, None)
+    volume, dot = (x[0], x[1:]) if x.ndim == 4 else (x, None)
     feeds = {"volume": np.repeat(volume[None], batch, axis=0)}
     feeds["modality"] = np.full((batch,), MODALITY_INDEX[kind], np.int64)
     if dot is not None:

@@ -37,7 +37,7 @@ class Sample:
     qa: list[tuple[str, str, str, str]]  # (lang, question, answer, kind)
     out_of_range: bool = False
     extra: dict[str, object] = field(default_factory=dict)
-    dot: np.ndarray | None = None  # float16 (D,s,s) in [0,1]: CT's dot channel (``preprocess.prepare_dot``)
+    dot: np.ndarray | None = None  # float16 (K,D,s,s) in [0,1]: CT's fine-grid channels (``preprocess.prepare_dot``)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -166,7 +166,7 @@ class Batch:
     offset: torch.Tensor
     reg: torch.Tensor
     slice_present: torch.Tensor | None  # (N,D,L) volumes only
-    dot: torch.Tensor | None = None  # (N,D,s,s) CT only
+    dot: torch.Tensor | None = None  # (N,K,D,s,s) CT only
 
 
 def collate(samples: Sequence[Sample], augment: np.random.Generator | None = None) -> Batch:
@@ -219,7 +219,7 @@ def collate(samples: Sequence[Sample], augment: np.random.Generator | None = Non
 
 
 def stack_dots(samples: Sequence[Sample]) -> torch.Tensor | None:
-    """The samples' dot channels (N,D,s,s) float32, or None where they have none (radiographs, PET)."""
+    """The samples' fine-grid channels (N,K,D,s,s) float32, or None where they have none (radiographs, PET)."""
     if any(s.dot is None for s in samples):
         return None
     return torch.from_numpy(np.stack([np.asarray(s.dot, np.float32) for s in samples]))

@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.17.0"
+BUNDLE_VERSION = "0.18.0"
 OPSET = 18
 
 
@@ -137,7 +137,7 @@ def load_checkpoint(path: Path) -> tuple[UnifiedModel, dict[str, Any]]:
 
 
 def enc3d_inputs(cfg: NetConfig) -> list[str]:
-    """The volume graph's inputs: a model with the dot channel (``NetConfig.dot``) takes it as a third."""
+    """The volume graph's inputs: a model with fine-grid channels (``NetConfig.dot``) takes them as a third."""
     return ["volume", "modality", *(["dot"] if cfg.dot else [])]
 
 
@@ -153,7 +153,7 @@ def example_inputs(cfg: NetConfig, batch: int = 2) -> dict[str, tuple[torch.Tens
         "enc3d": (
             torch.rand(batch, cfg.depth, cfg.slice_size, cfg.slice_size, generator=g),
             torch.tensor([1, 2] * (batch // 2) + [1] * (batch % 2), dtype=torch.long),
-            *([torch.rand(batch, cfg.depth, cfg.slice_size, cfg.slice_size, generator=g)] if cfg.dot else []),
+            *([torch.rand(batch, cfg.dot, cfg.depth, cfg.slice_size, cfg.slice_size, generator=g)] if cfg.dot else []),
         ),
         "dec_step": (
             torch.randint(0, cfg.vocab_size, (batch, 2), generator=g),
@@ -258,7 +258,10 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
                 "volume": f"[N, {D}, {s}, {s}] float32 in [0,1]",
                 "modality": "[N] int64: 1 = CT, 2 = PET",
                 **(
-                    {"dot": f"[N, {D}, {s}, {s}] float32 in [0,1]: CT's dot channel (inputs.ct.dot), PET zeros"}
+                    {
+                        "dot": f"[N, {cfg.dot}, {D}, {s}, {s}] float32 in [0,1]: CT's fine-grid channels "
+                        "(inputs.ct.dot), PET zeros"
+                    }
                     if cfg.dot
                     else {}
                 ),
@@ -300,6 +303,10 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
 BOX_CASES = 300  # validation phantoms per kind that choose each label's mask threshold and box source (~2 min)
 
 
+class CollapsedMasks(ValueError):
+    """A run not worth a bundle: a label's masks collapsed in stage 1 (``write_bundle``)."""
+
+
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """The one format of manifest.json (UTF-8, Chinese names unescaped, one-space indent)."""
     path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -313,13 +320,23 @@ def write_bundle(
     int8: bool = False,
     metrics: dict[str, Any] | None = None,
     box_cases: int = BOX_CASES,
+    allow_collapsed: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint into ``out_dir`` (ONNX graphs, tokenizer.json, manifest.json); returns the manifest.
     ``box_cases`` validation phantoms per kind choose each label's mask threshold and box source
-    (:mod:`models.decoding`; 0: the defaults, 0.5 and CenterNet peaks, for all)."""
+    (:mod:`models.decoding`; 0: the defaults, 0.5 and CenterNet peaks, for all). A run whose stage 1 left a label's
+    masks collapsed (``models.train.collapsed_labels``) is refused unless ``allow_collapsed``."""
     from tokenizers import Tokenizer
 
+    from models.train import collapsed_labels
+
     model, ckpt = load_checkpoint(ckpt_path)
+    collapsed = collapsed_labels(ckpt.get("training", {}).get("stage1_mask_health", []))
+    if collapsed and not allow_collapsed:
+        raise CollapsedMasks(
+            f"{ckpt_path}: stage 1 left collapsed masks for {', '.join(collapsed)} (at its last check, Dice at 0.5 "
+            "or mean probability inside the truth under models.train's floors); retrain with another --seed"
+        )
     tmp = out_dir / ".export"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -354,7 +371,7 @@ def write_bundle(
         "precision": "int8-dynamic (enc2d, dec_step)" if int8 else "fp32",
         "files": files,
         "config": model.cfg.to_dict(),
-        "inputs": preprocess.spec(dot=bool(model.cfg.dot)),
+        "inputs": preprocess.spec(dot=model.cfg.dot),
         "graphs": outputs_spec(model.cfg),
         "labels": labels,
         "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},

@@ -67,14 +67,31 @@ class NetConfig:
     # encoder alone cannot tell a nodule from a vessel crossing the slice: both are bright dots, but the vessel
     # goes on in the next slice. 0 keeps the bundles made before it loadable
     slice_context: int = 0
-    # 1: CT slices get one more input channel, the Hessian dot enhancement computed on the grid twice as fine
-    # (``dicom_agent.inference.blobs``); radiographs and PET get zeros there. On the model grid a nodule under
-    # 15 mm is one voxel as bright as a vessel; the filter on the finer grid sets it apart. 0 keeps the bundles
-    # made before it loadable
+    # K: CT slices get K more input channels, the first K Hessian filters of ``blobs.FINE_CHANNELS`` computed on the
+    # grid twice as fine (1: the dot enhancement; 2: and the dark-tube one); radiographs and PET get zeros there.
+    # On the model grid a nodule under 15 mm is one voxel as bright as a vessel and a consolidation's air
+    # bronchograms are blurred away; the filters on the finer grid keep them. 0 keeps older bundles loadable
     dot: int = 0
+    # 1: CT slices get one more channel computed in the graph from the slice itself, its water band
+    # clip(1 - |HU - 10| / 25, 0, 1) (``water_band``): in the [-1000, 400] HU window pleural fluid (10 HU) and the
+    # chest wall (40 HU) are 0.02 apart, and three of four draws of the recipe with the fine-grid channels lost
+    # or nearly lost CT effusion masks in stage 1; radiographs and PET get zeros. 0 keeps older bundles loadable
+    water: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+CT_WINDOW_HU = (-1000.0, 400.0)  # the CT input's window (``models.preprocess.CT_WINDOW``)
+WATER_HU, WATER_HALF_WIDTH = 10.0, 25.0
+
+
+def water_band(slices: torch.Tensor) -> torch.Tensor:
+    """CT slices in [0, 1] (the HU window ``CT_WINDOW_HU``) -> how near water each voxel is, 1 at 10 HU falling to
+    0 at 25 HU away (fluid 1, water 0.6; muscle at 40 HU, fat and lung 0)."""
+    lo, hi = CT_WINDOW_HU
+    hu = slices * (hi - lo) + lo
+    return (1.0 - (hu - WATER_HU).abs() / WATER_HALF_WIDTH).clamp(min=0.0)
 
 
 class Block(nn.Module):
@@ -142,7 +159,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         d = cfg.d
-        self.s1 = _conv(1 + 2 * cfg.slice_context + cfg.dot, 32, 2)
+        self.s1 = _conv(1 + 2 * cfg.slice_context + cfg.dot + cfg.water, 32, 2)
         self.s2 = _conv(32, 64, 2)
         self.s3 = nn.Sequential(_conv(64, d, 2), nn.Conv2d(d, d, 1))
         grid = cfg.image_size // cfg.stride
@@ -431,10 +448,13 @@ class UnifiedModel(nn.Module):
         """Images or slices (N,C,S,S) in [0, 1] -> (N, coarse²) average-pooled cells of channel 0 in [-1, 1]."""
         return F.avg_pool2d(image[:, :1] * 2.0 - 1.0, image.shape[-1] // self.cfg.coarse).flatten(1)
 
-    def with_context(self, volume: torch.Tensor, dot: torch.Tensor | None = None) -> torch.Tensor:
+    def with_context(
+        self, volume: torch.Tensor, dot: torch.Tensor | None = None, ct: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Volumes (N,D,S,S) -> slices (N*D, C, S, S): each slice, then itself minus the slice k..1 below and
-        1..k above (edges repeated), k = ``slice_context``, then (``cfg.dot``) its dot channel (N,D,S,S), zeros
-        where ``dot`` is None. Radiographs (N,1,S,S) get zero differences."""
+        1..k above (edges repeated), k = ``slice_context``, then its first ``cfg.dot`` fine-grid channels of
+        ``dot`` (N,K,D,S,S), or (N,D,S,S) for one; zeros where ``dot`` is None; then (``cfg.water``) the slice's
+        ``water_band`` where ``ct`` (N,) is true, else zeros. Radiographs (N,1,S,S) get zero differences."""
         k = self.cfg.slice_context
         n, depth, s, _ = volume.shape
         flat = volume.reshape(n * depth, 1, s, s)
@@ -448,7 +468,17 @@ class UnifiedModel(nn.Module):
             diffs = [volume - padded[:, k + o : k + o + depth] for o in offsets]
             parts = [torch.stack([volume, *diffs], 2).reshape(n * depth, 1 + 2 * k, s, s)]
         if self.cfg.dot:
-            parts.append(torch.zeros_like(flat) if dot is None else dot.reshape(n * depth, 1, s, s))
+            k_fine = self.cfg.dot
+            if dot is None:
+                parts.append(flat.new_zeros(n * depth, k_fine, s, s))
+            else:
+                stacked = dot[:, None] if dot.dim() == 4 else dot
+                parts.append(stacked[:, :k_fine].transpose(1, 2).reshape(n * depth, k_fine, s, s))
+        if self.cfg.water:
+            if ct is None:
+                parts.append(torch.zeros_like(flat))
+            else:
+                parts.append(water_band(flat) * ct.to(flat.dtype).repeat_interleave(depth).view(-1, 1, 1, 1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     @torch.no_grad()
@@ -515,10 +545,10 @@ class UnifiedModel(nn.Module):
     def forward_3d(
         self, volume: torch.Tensor, modality: torch.Tensor, dot: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """volume (N,D,S,S), modality (N,), dot channel (N,D,S,S) or None (zeros) -> per-slice heads (N,D,...),
+        """volume (N,D,S,S), modality (N,), fine-grid channels (N,K,D,S,S) or None (zeros) -> per-slice heads (N,D,...),
         slice relevance (N,D), volume logits (N,L)."""
         n, depth = volume.shape[:2]
-        tokens, out = self._encode(self.with_context(volume, dot), modality.repeat_interleave(depth))
+        tokens, out = self._encode(self.with_context(volume, dot, modality == 1), modality.repeat_interleave(depth))
         t, d = tokens.shape[1], tokens.shape[2]
         tok = tokens.reshape(n, depth, t, d)
         slice_emb = tok.mean(2)

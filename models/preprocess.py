@@ -10,12 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dicom_agent.inference.blobs import DOT_SCALE, DOT_SIGMAS_MM, dot_channel
+from dicom_agent.inference.blobs import FINE_CHANNELS, fine_channels
+from models.network import CT_WINDOW_HU
 
 IMAGE_SIZE = 128
 SLICE_SIZE = 64
 DEPTH = 32
-CT_WINDOW = (-1000.0, 400.0)  # HU -> [0,1]: lung + soft tissue in one channel
+CT_WINDOW = CT_WINDOW_HU  # HU -> [0,1]: lung + soft tissue in one channel
 PET_WINDOW = (0.0, 10.0)  # SUV -> [0,1]
 CXR_PERCENTILES = (0.5, 99.5)
 # (x, y, z): how many times finer than the model grid a volume may be when the linear resampling starts; a finer
@@ -38,9 +39,9 @@ def _fine_words() -> str:
     return f"{x:g} x {y:g} x {z:g} times (x, y, z)"
 
 
-def spec(dot: bool = False) -> dict[str, Any]:
+def spec(dot: int = 0) -> dict[str, Any]:
     """The manifest's ``inputs`` section (the runtime engineer implements exactly this from DICOM); ``dot``: the
-    model takes CT's dot channel (``NetConfig.dot``)."""
+    model takes the first ``dot`` of CT's fine-grid channels (``NetConfig.dot``, ``blobs.FINE_CHANNELS``)."""
     inputs: dict[str, Any] = {
         "cxr": {
             "graph": "enc2d",
@@ -87,18 +88,19 @@ def spec(dot: bool = False) -> dict[str, Any]:
         },
     }
     if dot:
+        channels = [{**c, "sigmas_mm": list(c["sigmas_mm"])} for c in FINE_CHANNELS[:dot]]
         inputs["ct"]["dot"] = {
             "input": "dot",
+            "shape": ["N", len(channels), DEPTH, SLICE_SIZE, SLICE_SIZE],
             "steps": [
                 f"the windowed HU as above, but on a grid {_fine_words()} finer than the model's (same extent; "
                 "a finer series block-averaged first exactly as above, then trilinear)",
-                "Hessian dot enhancement (dicom_agent.inference.blobs.dot_enhance) with the fine grid's spacing "
-                "in mm, maximum over the Gaussian scales",
-                "maximum over the fine voxels of each model voxel (max_to_grid), divided by the scale, clipped "
-                "to [0, 1]",
+                "per channel, a Hessian filter (dicom_agent.inference.blobs.hessian_filters: dot = bright blobs, "
+                "tube = dark tubes) with the fine grid's spacing in mm, maximum over its Gaussian scales",
+                "maximum over the fine voxels of each model voxel (max_to_grid), divided by the channel's scale, "
+                "clipped to [0, 1]; channels stacked in the listed order",
             ],
-            "sigmas_mm": list(DOT_SIGMAS_MM),
-            "scale": DOT_SCALE,
+            "channels": channels,
             "fine": list(DRAWN["ct"]),
         }
     return inputs
@@ -162,12 +164,13 @@ def fine_shape(kind: str) -> tuple[int, int, int]:
 
 
 def prepare_dot(volume: np.ndarray, spacing_zyx: tuple[float, ...], modality: str = "ct") -> np.ndarray:
-    """Generator CT (HU, spacing in mm) -> the model's dot channel (DEPTH,S,S) in [0,1] (manifest
-    ``inputs.ct.dot``): on the fine grid (the phantoms are drawn on it; another size is brought there as the
-    runtime does, block means then trilinear), windowed, enhanced, max-pooled onto the model grid."""
+    """Generator CT (HU, spacing in mm) -> the model's fine-grid channels (K,DEPTH,S,S) in [0,1], every one of
+    ``blobs.FINE_CHANNELS`` (manifest ``inputs.ct.dot``; a model with fewer reads the first): on the fine grid
+    (the phantoms are drawn on it; another size is brought there as the runtime does, block means then
+    trilinear), windowed, filtered, max-pooled onto the model grid."""
     fine = fine_shape(modality)
     extent = [n * s for n, s in zip(volume.shape, spacing_zyx, strict=True)]
     values = resize_3d(volume, fine[0], fine[1], (1.0, 1.0, 1.0)) if volume.shape != fine else volume
     lo, hi = CT_WINDOW
     spacing = tuple(e / n for e, n in zip(extent, fine, strict=True))
-    return dot_channel(window(values, lo, hi), spacing, (DEPTH, SLICE_SIZE, SLICE_SIZE))
+    return fine_channels(window(values, lo, hi), spacing, (DEPTH, SLICE_SIZE, SLICE_SIZE))

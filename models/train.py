@@ -107,6 +107,11 @@ class TrainConfig:
     # CT slices also see the Hessian dot enhancement of the grid twice as fine (``NetConfig.dot``): on the model
     # grid alone nodules under 15 mm were at chance (session 32)
     dot_channel: bool = True
+    # and the dark-tube filter beside it (a second fine-grid channel): the air bronchograms that tell consolidation
+    # from a mass are 2-3 mm bronchi, gone on the model grid, where 0.17.0 confused the two (AUROC 0.92 / 0.91)
+    tube_channel: bool = True
+    # and the water band of each CT slice (``NetConfig.water``), for CT effusion masks (session 34)
+    water_channel: bool = True
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
@@ -331,6 +336,29 @@ def lr_at(step: int, total: int, base: float, warmup: int = 40) -> float:
 
 
 # ---- the two stages ---------------------------------------------------------------------------------------
+# A label's masks at stage 1's last check (``mask_health``) under either floor have stopped or never started
+# segmenting: a seed-1 run of 0.17.0's recipe lost CT effusion (Dice 0.0, mean probability in truth 0.10), session
+# 34's seed-0 run of 0.18.0's barely had it (Dice 0.137; held out its effusion AUROC fell 1.0 -> 0.81). Every label
+# of the shipped 0.17.0 run was at Dice 0.41 and mean probability 0.55 or more. Stage 2 freezes the encoder and
+# heads, so nothing after it mends them.
+COLLAPSE_DICE = 0.25
+COLLAPSE_FLOOR = 0.25
+
+
+def collapsed_labels(health: Sequence[dict[str, Any]]) -> list[str]:
+    """ "kind/label" of every label whose masks collapsed by the last mask health check: Dice at 0.5 under
+    ``COLLAPSE_DICE`` or mean probability inside the truth under ``COLLAPSE_FLOOR``."""
+    if not health:
+        return []
+    last: dict[str, dict[str, list[float]]] = health[-1]["masks"]
+    return sorted(
+        f"{kind}/{label}"
+        for kind, labels in last.items()
+        for label, (dice_at_half, mean_p) in labels.items()
+        if dice_at_half < COLLAPSE_DICE or mean_p < COLLAPSE_FLOOR
+    )
+
+
 def mask_health(model: UnifiedModel, val: dict[str, list[Sample]], cases: int) -> dict[str, dict[str, list[float]]]:
     """Per kind and label with a true mask among the first ``cases`` validation phantoms: the Dice of the masks at
     0.5 pooled over the cases, and the mean probability inside the true masks (near 0: the label has stopped
@@ -694,7 +722,8 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
         tok = train_tokenizer(corpus([s for p in pools.values() for s in p]), cfg.vocab_size)
         sizes = {"n_labels": len(LABEL_KEYS), "vocab_size": tok.get_vocab_size(), "copy": int(cfg.copy_head)}
         sizes["slice_context"] = cfg.slice_context
-        sizes["dot"] = int(cfg.dot_channel)
+        sizes["dot"] = int(cfg.dot_channel) * (1 + int(cfg.tube_channel))
+        sizes["water"] = int(cfg.water_channel)
         net = NetConfig(**{**sizes, **cfg.net})
         model = UnifiedModel(net)
         fit_coarse_stats(model, pools)
@@ -725,6 +754,16 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
         (out_dir / STAGE1_FILE).write_bytes((stage1_from / STAGE1_FILE).read_bytes())
         log.info("stage 1 from %s (%d steps)", stage1_from, len(h1))
         t2 = time.time()
+    collapsed = collapsed_labels(health)
+    if collapsed:
+        log.error(
+            "stage 1 left collapsed masks for %s (Dice at 0.5 under %.2f or mean probability inside the truth "
+            "under %.2f): this draw will not segment them and `dicom-agent model export` refuses it; rerun with "
+            "another --seed",
+            ", ".join(collapsed),
+            COLLAPSE_DICE,
+            COLLAPSE_FLOOR,
+        )
     if cfg.copy_head and not model.cfg.copy:  # a start made without the copy head gets a new one
         model = with_copy_head(model)
         net = model.cfg
@@ -760,6 +799,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
         "stage1_from": str(stage1_from) if stage1_from is not None else None,
         "vision_from": previous,
         "stage1_mask_health": health,
+        "stage1_collapsed": collapsed,
         # CPU seconds of the process: on a shared machine wall time overstates the cost; cpu / threads is the
         # wall time the recipe would take with its cores to itself
         "cpu_seconds": round(cpu, 1),

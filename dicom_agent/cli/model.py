@@ -122,15 +122,21 @@ def export(
             help="validation phantoms per kind that choose each label's mask threshold and box source (0: defaults)",
         ),
     ] = 300,
+    allow_collapsed: Annotated[
+        bool, typer.Option(help="export a run whose stage 1 left a label's masks collapsed (refused by default)")
+    ] = False,
 ) -> None:
     """Export ONNX graphs (opset 18, dynamic batch) + tokenizer + manifest.json into the bundle directory."""
     _logging()
     ckpt, tok = run_dir / "checkpoint.pt", run_dir / "tokenizer.json"
     if not ckpt.is_file() or not tok.is_file():
         fail(f"{run_dir} has no checkpoint.pt/tokenizer.json (run `dicom-agent model train` first)")
-    from models.export import write_bundle
+    from models.export import CollapsedMasks, write_bundle
 
-    manifest = write_bundle(ckpt, tok, out_dir, int8=int8, box_cases=box_cases)
+    try:
+        manifest = write_bundle(ckpt, tok, out_dir, int8=int8, box_cases=box_cases, allow_collapsed=allow_collapsed)
+    except CollapsedMasks as exc:
+        fail(str(exc))
     total = sum((out_dir / f["path"]).stat().st_size for f in manifest["files"].values())
     out(f"bundle {out_dir} ({total / 1e6:.1f} MB): {', '.join(manifest['files'])}")
 

@@ -2,17 +2,29 @@
 vessels (tubes) and walls (planes) do not. The model grid (10 mm slices of 5.5 mm pixels) leaves a 10 mm nodule one
 blurred voxel as bright as the vessels around it; computed on the grid twice as fine and max-pooled onto the
 model grid, the filter keeps it (31 of 32 validation nodules in the top 0.1 % of the lung voxels around them; by
-intensity none: docs/model.md, "CT's dot channel"). One implementation, numpy only, for training and the runtime.
+intensity none: docs/model.md, "CT's dot channel"). A second filter from the same Hessians marks dark tubes: the
+air bronchograms that tell a consolidation from a mass (2-3 mm bronchi, blurred away on the model grid; on 60
+validation CTs every consolidation scored above every mass: docs/model.md, "CT's tube channel"). One
+implementation, numpy only, for training and the runtime.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 DOT_SIGMAS_MM = (2.0, 3.0, 4.5)  # Gaussian scales: round lesions of about 6-16 mm (sigma = radius / sqrt(3))
 DOT_SCALE = 0.2  # filter response mapped to [0, 1] by this (nodules about 0.07-0.13, their surroundings less)
+TUBE_SIGMAS_MM = (2.0, 3.0)  # dark tubes of about 3-6 mm (sigma = radius / sqrt(2)); the dot's Hessians reused
+TUBE_SCALE = 0.1  # consolidations about 0.02-0.06 on the model grid (75th percentile), masses under 0.004
+# The model's fine-grid channels in their input order (manifest ``inputs.ct.dot.channels``); a bundle with K
+# channels takes the first K.
+FINE_CHANNELS: tuple[dict[str, Any], ...] = (
+    {"filter": "dot", "sigmas_mm": DOT_SIGMAS_MM, "scale": DOT_SCALE},
+    {"filter": "tube", "sigmas_mm": TUBE_SIGMAS_MM, "scale": TUBE_SCALE},
+)
 
 
 def _kernels(sigma_vox: float) -> list[np.ndarray]:
@@ -66,20 +78,57 @@ def _hessian(v: np.ndarray, spacing_zyx: Sequence[float], sigma_mm: float) -> li
     return [_filter_axis(xy[(ox, oy)], kz[oz], 0) / np.float32(sz**oz) for ox, oy, oz in orders.values()]
 
 
+def _dot_response(low: np.ndarray, middle: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Bright blob: λ3² / |λ1| where all three eigenvalues are negative (a sphere gives |λ|, a tube about 0: its
+    λ3 is 0 along the axis)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(high < 0, high * high / np.maximum(-low, 1e-9), 0.0)
+
+
+def _tube_response(low: np.ndarray, middle: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Dark tube (or dark blob): λ2² / λ3 where the middle eigenvalue is positive (a dark tube has λ2 ≈ λ3 > 0,
+    a dark plane such as the lung side of a wall λ2 ≈ 0, bright structures λ2 < 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(middle > 0, middle * middle / np.maximum(high, 1e-9), 0.0)
+
+
+RESPONSES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "dot": _dot_response,
+    "tube": _tube_response,
+}
+
+
+def hessian_filters(
+    values: np.ndarray, spacing_zyx: Sequence[float], sigmas_by_filter: Mapping[str, Sequence[float]]
+) -> dict[str, np.ndarray]:
+    """Each filter's response (``RESPONSES``) of a volume ``values`` (z, y, x; intensities in [0, 1]) with voxel
+    spacing in mm: the maximum over its scales of sigma² times the response of the Hessian's eigenvalues
+    λ1 ≤ λ2 ≤ λ3. A scale several filters share is computed once."""
+    v = np.asarray(values, dtype=np.float32)
+    best = {name: np.zeros(v.shape, np.float32) for name in sigmas_by_filter}
+    for sigma in sorted({float(s) for sigmas in sigmas_by_filter.values() for s in sigmas}):
+        hessian = _hessian(v, spacing_zyx, sigma)
+        low, high = _eigenvalues(*hessian)
+        middle = hessian[0] + hessian[1] + hessian[2] - low - high  # the trace is the eigenvalues' sum
+        for name, sigmas in sigmas_by_filter.items():
+            if sigma in {float(s) for s in sigmas}:
+                response = RESPONSES[name](low, middle, high) * sigma * sigma
+                np.maximum(best[name], response.astype(np.float32), out=best[name])
+    return best
+
+
 def dot_enhance(
     values: np.ndarray, spacing_zyx: Sequence[float], sigmas_mm: Sequence[float] = DOT_SIGMAS_MM
 ) -> np.ndarray:
-    """Bright-blob response of a volume ``values`` (z, y, x; intensities in [0, 1]) with voxel spacing in mm:
-    the maximum over scales of sigma² λ3² / |λ1| where all three Hessian eigenvalues are negative
-    (λ1 ≤ λ2 ≤ λ3 < 0), else 0. A sphere gives |λ|, a tube about 0 (its λ3 is 0 along the axis)."""
-    v = np.asarray(values, dtype=np.float32)
-    best = np.zeros(v.shape, np.float32)
-    for sigma in sigmas_mm:
-        low, high = _eigenvalues(*_hessian(v, spacing_zyx, sigma))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            response = np.where(high < 0, high * high / np.maximum(-low, 1e-9), 0.0) * sigma * sigma
-        np.maximum(best, response.astype(np.float32), out=best)
-    return best
+    """Bright-blob response (``_dot_response``) of a volume, the maximum over scales (``hessian_filters``)."""
+    return hessian_filters(values, spacing_zyx, {"dot": sigmas_mm})["dot"]
+
+
+def tube_enhance(
+    values: np.ndarray, spacing_zyx: Sequence[float], sigmas_mm: Sequence[float] = TUBE_SIGMAS_MM
+) -> np.ndarray:
+    """Dark-tube response (``_tube_response``) of a volume, the maximum over scales (``hessian_filters``)."""
+    return hessian_filters(values, spacing_zyx, {"tube": sigmas_mm})["tube"]
 
 
 def max_to_grid(values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -95,14 +144,16 @@ def max_to_grid(values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-def dot_channel(
+def fine_channels(
     values: np.ndarray,
     spacing_zyx: Sequence[float],
     shape: Sequence[int],
-    sigmas_mm: Sequence[float] = DOT_SIGMAS_MM,
-    scale: float = DOT_SCALE,
+    channels: Sequence[Mapping[str, Any]] = FINE_CHANNELS,
 ) -> np.ndarray:
-    """The model's dot input: :func:`dot_enhance` of ``values`` (windowed to [0, 1], on a grid finer than the
-    model's), max-pooled onto ``shape`` and mapped to [0, 1] by ``scale``."""
-    pooled = max_to_grid(dot_enhance(values, spacing_zyx, sigmas_mm), shape)
-    return np.clip(pooled / scale, 0.0, 1.0).astype(np.float32)
+    """The model's fine-grid input (K, *shape): for each of ``channels`` ({filter, sigmas_mm, scale}) its filter's
+    response of ``values`` (windowed to [0, 1], on a grid finer than the model's), max-pooled onto ``shape`` and
+    mapped to [0, 1] by its scale."""
+    responses = hessian_filters(values, spacing_zyx, {c["filter"]: c["sigmas_mm"] for c in channels})
+    return np.stack(
+        [np.clip(max_to_grid(responses[c["filter"]], shape) / float(c["scale"]), 0.0, 1.0) for c in channels]
+    ).astype(np.float32)

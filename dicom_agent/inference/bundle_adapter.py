@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from dicom_agent.errors import PermanentInferenceError
 from dicom_agent.inference.agreement import answer_disagreement, flag_disagreements
-from dicom_agent.inference.blobs import dot_channel
+from dicom_agent.inference.blobs import fine_channels
 from dicom_agent.inference.locate import DEFAULT_LUNG_FIELD, LungMap, PetOrganMap, cxr_location
 from dicom_agent.inference.manifest import load_bundle
 from dicom_agent.inference.measure import NODULE_MAX_MM, SourceGrid
@@ -113,7 +113,7 @@ class BundleAdapter:
         self.lung_field = tuple(cxr.get("lung_field", DEFAULT_LUNG_FIELD))
         self.grids: dict[str, VolumeGrid] = {}
         self.windows: dict[str, tuple[float, float]] = {}
-        self.dots: dict[str, dict[str, Any] | None] = {}  # manifest inputs.<kind>.dot: the dot channel's spec
+        self.dots: dict[str, dict[str, Any] | None] = {}  # manifest inputs.<kind>.dot: the fine-grid channels
         for kind, default_window in (("ct", (-1000.0, 400.0)), ("pet", (0.0, 10.0))):
             spec = inputs.get(kind, {})
             self.grids[kind] = VolumeGrid(
@@ -396,14 +396,15 @@ class BundleAdapter:
 
     # ---- volumes -------------------------------------------------------------------------------------------
     def _dot(self, kind: str, volume: Volume) -> np.ndarray | None:
-        """The volume's dot channel where the bundle takes one (manifest ``inputs.<kind>.dot``), from its values
-        on the finer grid, windowed as the model input is."""
+        """The volume's fine-grid channels (K,D,s,s) where the bundle takes them (manifest ``inputs.<kind>.dot``),
+        from its values on the finer grid, windowed as the model input is. 0.17.0 lists one dot filter without
+        ``channels``."""
         spec = self.dots.get(kind)
         if spec is None or volume.fine is None or volume.fine_spacing is None:
             return None
         values = window(volume.fine, *self.windows[kind])
-        sigmas = tuple(float(v) for v in spec["sigmas_mm"])
-        return dot_channel(values, volume.fine_spacing, volume.values.shape, sigmas, float(spec["scale"]))
+        channels = spec.get("channels") or [{"filter": "dot", "sigmas_mm": spec["sigmas_mm"], "scale": spec["scale"]}]
+        return fine_channels(values, volume.fine_spacing, volume.values.shape, channels)
 
     def _findings_3d(self, kind: str, volume: Volume, result: Any) -> list[Finding]:
         """One volume's findings: a focal label's lesions are its mask components (one label per region) that hold

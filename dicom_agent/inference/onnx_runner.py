@@ -476,8 +476,12 @@ class BundleRunner:
         self.providers = self.sessions["enc2d"].get_providers()
         # a decoder with the copy head (bundles from 0.9.0) takes the tokens of its cached positions
         self.copy_head = any(i.name == "past_ids" for i in self.sessions["dec_step"].get_inputs())
-        # a volume graph with CT's dot channel (manifest inputs.ct.dot, bundles from 0.17.0) takes it as "dot"
-        self.takes_dot = any(i.name == "dot" for i in self.sessions["enc3d"].get_inputs())
+        # a volume graph with CT's fine-grid channels (manifest inputs.ct.dot) takes them as "dot": (N,K,D,s,s)
+        # from 0.18.0, 0.17.0's one dot channel as (N,D,s,s)
+        dot_input = next((i for i in self.sessions["enc3d"].get_inputs() if i.name == "dot"), None)
+        self.takes_dot = dot_input is not None
+        self.dot_stacked = dot_input is not None and len(dot_input.shape) == 5
+        self.dot_channels = int(dot_input.shape[1]) if self.dot_stacked and dot_input is not None else 1
         log.info("model bundle %s %s on %s", self.manifest["name"], self.manifest["version"], self.providers[0])
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / files["tokenizer"]["path"]))
         special = self.manifest["special_tokens"]
@@ -587,19 +591,22 @@ class BundleRunner:
         return results
 
     def volume_feeds(self, volume: np.ndarray, modality: str, dot: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The volume graph's inputs for one volume (D,s,s): with the dot channel, a CT must bring its own
+        """The volume graph's inputs for one volume (D,s,s): with fine-grid channels, a CT must bring its own (K,D,s,s)
         (manifest ``inputs.ct.dot``: zeros there would read as "no nodule") and a PET gets zeros."""
         feeds = {"volume": volume[None], "modality": np.array([MODALITY_INDEX[modality]], np.int64)}
         if self.takes_dot:
             if dot is None and modality == "ct":
-                raise ValueError("this bundle's CT input has a dot channel (manifest inputs.ct.dot); none given")
-            feeds["dot"] = (np.zeros_like(volume) if dot is None else np.asarray(dot, np.float32))[None]
+                raise ValueError("this bundle's CT input has fine-grid channels (manifest inputs.ct.dot); none given")
+            k = self.dot_channels
+            fine = np.zeros((k, *volume.shape), np.float32) if dot is None else np.asarray(dot, np.float32)
+            fine = fine.reshape(-1, *volume.shape)[:k]
+            feeds["dot"] = fine[None] if self.dot_stacked else fine[:1]
         return feeds
 
     def run_3d(self, volume: np.ndarray, modality: str, dot: np.ndarray | None = None) -> Result3D:
         """One volume ``volume`` (D,s,s) float32 in [0,1] (manifest ``inputs.ct`` / ``inputs.pet``), modality
-        ``"ct"`` or ``"pet"``, CT's dot channel where the bundle takes one (``volume_feeds``) -> Result3D. D must
-        equal the manifest's depth (>= top_k)."""
+        ``"ct"`` or ``"pet"``, CT's fine-grid channels where the bundle takes them (``volume_feeds``) -> Result3D.
+        D must equal the manifest's depth (>= top_k)."""
         volume = np.asarray(volume, dtype=np.float32)
         side, depth = int(self.config["slice_size"]), int(self.config["depth"])
         if volume.shape != (depth, side, side):

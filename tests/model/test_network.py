@@ -199,20 +199,40 @@ def test_slice_context_tells_a_dot_that_ends_from_a_vessel_that_goes_on() -> Non
     assert torch.equal(model.coarse_pooled(x), model.coarse_pooled(volume[0][:, None]))
 
 
-def test_dot_channel_comes_last_and_is_zero_without_one() -> None:
-    """``NetConfig.dot``: CT slices carry their dot channel after the slice and its differences; radiographs and
-    volumes given none (PET) get zeros there, so the same encoder serves all three."""
-    model = UnifiedModel(replace(TINY, slice_context=1, dot=1))
-    assert model.encoder.s1[0].in_channels == 4
-    volume, dot = torch.rand(2, 5, 64, 64), torch.rand(2, 5, 64, 64)
-    x = model.with_context(volume, dot)
-    assert x.shape == (10, 4, 64, 64)
-    assert torch.equal(x[:, 3], dot.reshape(10, 64, 64)) and torch.equal(x[:, :3], model.with_context(volume)[:, :3])
-    assert model.with_context(volume)[:, 3].abs().max() == 0
-    assert model.with_context(torch.rand(2, 1, 128, 128))[:, 3].abs().max() == 0
-    out = model.forward_3d(volume, torch.tensor([1, 1]), dot)
+def test_fine_channels_come_last_and_are_zero_without_them() -> None:
+    """``NetConfig.dot``: CT slices carry their first K fine-grid channels after the slice and its differences;
+    radiographs and volumes given none (PET) get zeros there, so the same encoder serves all three. One channel
+    may come as (N,D,S,S) (0.17.0's layout)."""
+    model = UnifiedModel(replace(TINY, slice_context=1, dot=2))
+    assert model.encoder.s1[0].in_channels == 5
+    volume, fine = torch.rand(2, 5, 64, 64), torch.rand(2, 3, 5, 64, 64)  # a third channel the model does not take
+    x = model.with_context(volume, fine)
+    assert x.shape == (10, 5, 64, 64)
+    assert torch.equal(x[:, 3], fine[:, 0].reshape(10, 64, 64)) and torch.equal(x[:, 4], fine[:, 1].reshape(10, 64, 64))
+    assert torch.equal(x[:, :3], model.with_context(volume)[:, :3])
+    assert model.with_context(volume)[:, 3:].abs().max() == 0
+    assert model.with_context(torch.rand(2, 1, 128, 128))[:, 3:].abs().max() == 0
+    out = model.forward_3d(volume, torch.tensor([1, 1]), fine)
     assert out["logits"].shape == (2, TINY.n_labels)
     assert not torch.equal(out["logits"], model.forward_3d(volume, torch.tensor([1, 1]))["logits"])
+    one = UnifiedModel(replace(TINY, slice_context=1, dot=1))
+    assert torch.equal(one.with_context(volume, fine[:, 0]), one.with_context(volume, fine[:, :1]))
+
+
+def test_the_water_band_lights_fluid_on_ct_only() -> None:
+    """``NetConfig.water``: CT slices carry their water band last (fluid at 10 HU 1, water 0.6; muscle at 40 HU,
+    lung and fat 0), computed in the graph from the slice; PET volumes and radiographs get zeros there."""
+    model = UnifiedModel(replace(TINY, slice_context=1, dot=2, water=1))
+    assert model.encoder.s1[0].in_channels == 6
+    hu = torch.tensor([10.0, 40.0, -100.0, -850.0, 0.0])
+    volume = ((hu + 1000.0) / 1400.0).view(1, 5, 1, 1).expand(2, 5, 64, 64).contiguous()
+    x = model.with_context(volume, None, torch.tensor([True, False]))
+    band = x[:, 5].reshape(2, 5, 64, 64)[:, :, 0, 0]
+    torch.testing.assert_close(band[0], torch.tensor([1.0, 0.0, 0.0, 0.0, 0.6]), atol=1e-4, rtol=0)
+    assert band[1].abs().max() == 0 and model.with_context(volume)[:, 5].abs().max() == 0
+    assert model.with_context(torch.rand(2, 1, 128, 128))[:, 5].abs().max() == 0
+    ct, pet = (model.forward_3d(volume, torch.tensor([m, m]))["logits"] for m in (1, 2))
+    assert not torch.equal(ct, pet)
 
 
 def test_coarse_cells_are_standardised_per_modality_with_a_floored_std() -> None:

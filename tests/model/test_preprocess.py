@@ -16,7 +16,7 @@ BUNDLE = Path(__file__).resolve().parents[2] / "models" / "bundled"
 
 def test_the_shipped_manifest_declares_the_training_preprocessing() -> None:
     manifest = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))
-    dot = bool(manifest["config"].get("dot", 0))
+    dot = int(manifest["config"].get("dot", 0))
     assert manifest["inputs"] == json.loads(json.dumps(preprocess.spec(dot=dot)))
 
 

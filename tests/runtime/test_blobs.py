@@ -1,5 +1,6 @@
-"""CT's dot channel: the Hessian blob filter sets spheres apart from tubes, and the runtime computes from a DICOM
-geometry exactly what training computes from a phantom array."""
+"""CT's fine-grid channels: the Hessian blob filter sets spheres apart from tubes, the dark-tube filter marks air
+bronchi in dense tissue and not a solid mass, and the runtime computes from a DICOM geometry exactly what training
+computes from a phantom array."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dicom_agent.inference.blobs import _eigenvalues, dot_channel, dot_enhance, max_to_grid
+from dicom_agent.inference.blobs import (
+    FINE_CHANNELS,
+    _eigenvalues,
+    dot_enhance,
+    fine_channels,
+    hessian_filters,
+    max_to_grid,
+    tube_enhance,
+)
 from dicom_agent.inference.volume import VolumeGrid, to_model_grid, window
 from models.preprocess import CT_WINDOW, DEPTH, DRAWN, SLICE_SIZE, prepare_dot
 
@@ -33,6 +42,32 @@ def test_a_nodule_outshines_a_vessel_of_the_same_radius() -> None:
     response = dot_enhance(window(values, *CT_WINDOW), SPACING)
     assert response[sphere].max() > 2.0 * response[tube].max()  # measured 2.9x
     assert response[sphere].max() > 4.0 * response[~(sphere | tube)].max()
+
+
+def test_air_bronchi_in_consolidation_mark_it_and_a_solid_mass_stays_dark() -> None:
+    """Two soft-tissue balls of 60 mm in lung (edges partial-volumed, as the phantoms' are), one crossed by 6 mm
+    air tubes (bronchograms), one solid: the dark-tube filter answers inside the first and hardly inside the
+    second; the lung side of the solid ball's wall (a dark shell, not a tube, but stepped by 5 mm slices) answers
+    at about a third of the bronchi."""
+    shape = (64, 128, 128)
+    values, (z, y, x) = _lung(shape, SPACING)
+    to_consolidation = np.sqrt((z - 160.0) ** 2 + (y - 120.0) ** 2 + (x - 100.0) ** 2)
+    to_mass = np.sqrt((z - 160.0) ** 2 + (y - 240.0) ** 2 + (x - 250.0) ** 2)
+    for distance in (to_consolidation, to_mass):
+        cover = np.clip((30.0 - distance) / 2.75 + 0.5, 0.0, 1.0)
+        values += cover * (40.0 - values)
+    consolidation, mass = to_consolidation <= 30.0, to_mass <= 30.0
+    for dy in (-12.0, 0.0, 12.0):  # bronchi along x through the consolidation, short of its outline
+        bronchus = ((z - 160.0) ** 2 + (y - 120.0 - dy) ** 2 <= 3.0**2) & (np.abs(x - 100.0) < 20)
+        values[bronchus] = -900.0
+    windowed = window(values, *CT_WINDOW)
+    response = tube_enhance(windowed, SPACING)
+    shell = ~mass & (to_mass <= 36.0)
+    assert response[consolidation].max() > 10.0 * response[mass].max()
+    assert response[consolidation].max() > 2.0 * response[shell].max()  # measured 2.7x
+    both = hessian_filters(windowed, SPACING, {"dot": (2.0, 3.0), "tube": (2.0, 3.0)})
+    assert np.array_equal(both["tube"], response)  # shared scales give each filter what it gives alone
+    assert np.array_equal(both["dot"], dot_enhance(windowed, SPACING, (2.0, 3.0)))
 
 
 def test_eigenvalues_match_numpy() -> None:
@@ -64,7 +99,9 @@ def test_max_to_grid_covers_every_voxel() -> None:
         ((97, 333, 290), (1.2, 1.0, 3.3)),  # neither
     ],
 )
-def test_runtime_dot_channel_is_the_training_one(shape: tuple[int, int, int], spacing_xyz: tuple[float, ...]) -> None:
+def test_runtime_fine_channels_are_the_training_ones(
+    shape: tuple[int, int, int], spacing_xyz: tuple[float, ...]
+) -> None:
     """``to_model_grid`` with the manifest's fine grid, windowed and filtered as the adapter does, equals
     ``models.preprocess.prepare_dot`` on the same array (nodules of 6-14 mm in noisy lung)."""
     spacing_zyx = spacing_xyz[::-1]
@@ -78,8 +115,8 @@ def test_runtime_dot_channel_is_the_training_one(shape: tuple[int, int, int], sp
     grid = VolumeGrid(depth=DEPTH, size=SLICE_SIZE, keep_aspect=False, drawn=DRAWN["ct"], fine=DRAWN["ct"])
     volume = to_model_grid(image, grid, "HU")
     assert volume.fine is not None and volume.fine_spacing is not None
-    runtime = dot_channel(window(volume.fine, *CT_WINDOW), volume.fine_spacing, volume.values.shape)
+    runtime = fine_channels(window(volume.fine, *CT_WINDOW), volume.fine_spacing, volume.values.shape)
     training = prepare_dot(values, spacing_zyx)
-    assert runtime.shape == training.shape == (DEPTH, SLICE_SIZE, SLICE_SIZE)
-    assert training.max() > 0.3  # the nodules are there
+    assert runtime.shape == training.shape == (len(FINE_CHANNELS), DEPTH, SLICE_SIZE, SLICE_SIZE)
+    assert training[0].max() > 0.3  # the nodules are there
     assert np.abs(runtime - training).max() < 2e-3
