@@ -4,7 +4,7 @@ blurred voxel as bright as the vessels around it; computed on the grid twice as 
 model grid, the filter keeps it (31 of 32 validation nodules in the top 0.1 % of the lung voxels around them; by
 intensity none: docs/model.md, "CT's dot channel"). A second filter from the same Hessians marks dark tubes: the
 air bronchograms that tell a consolidation from a mass (2-3 mm bronchi, blurred away on the model grid; on 60
-validation CTs every consolidation scored above every mass: docs/model.md, "CT's tube channel"). One
+validation CTs every consolidation scored above every mass: docs/model.md, "CT's tube and water channels"). One
 implementation, numpy only, for training and the runtime.
 """
 
