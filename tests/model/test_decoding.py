@@ -294,18 +294,25 @@ def test_water_bands_are_chosen_where_masks_stray_into_the_wall() -> None:
 
 
 def test_the_shipped_bundle_keeps_ct_effusions_to_the_fluid_as_calibrated() -> None:
-    from models.decoding import water_band
+    """The runner keeps CT effusions to the fluid level the calibration chose, and to a water band only on top of a
+    level: a level where its Dice beat the mask's own by ``MASK_MARGIN`` (0.17.0: 0.4, then water ± 30 HU, Dice
+    0.573 -> 0.738 on 300 validation CTs), none where it did not (0.18.0: 0.581 at 0.4 against 0.571)."""
+    from models.decoding import MASK_MARGIN, water_band
 
     decoding = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))["decoding"]
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
-    assert runner.fluid == decoding["fluid"] == {"ct": {"pleural_effusion": 0.4}}
     table = decoding["calibration"]["fluid_dice"]["ct"]["pleural_effusion"]
-    assert table["0.4"] == max(table.values()) > table["mask"] + 0.01
-    # within water ± 30 HU (300 validation CTs: Dice 0.573 at the level alone, 0.738 within the band)
-    assert runner.fluid_band == {"ct": {"pleural_effusion": water_band(30.0)}}
-    assert decoding["fluid_band"] == {"ct": {"pleural_effusion": list(water_band(30.0))}}
+    best = max((k for k in table if k != "mask"), key=table.__getitem__)
+    if table[best] <= table["mask"] + MASK_MARGIN:
+        assert runner.fluid == decoding["fluid"] == {} and runner.fluid_band == decoding["fluid_band"] == {}
+        return
+    assert runner.fluid == decoding["fluid"] == {"ct": {"pleural_effusion": float(best)}}
     bands = decoding["calibration"]["fluid_band_dice"]["ct"]["pleural_effusion"]
-    assert bands["30"] == max(bands.values()) > bands["mask"] + 0.01
+    width = max((k for k in bands if k != "mask"), key=bands.__getitem__)
+    if bands[width] > bands["mask"] + MASK_MARGIN:
+        assert runner.fluid_band == {"ct": {"pleural_effusion": water_band(float(width))}}
+    else:
+        assert runner.fluid_band == {}
 
 
 def test_size_option_names_read_back() -> None:
