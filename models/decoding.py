@@ -20,11 +20,17 @@ calibrate`` (which needs no checkpoint, so a committed bundle can be re-calibrat
   mask's voxels are aerated lung (session 23), then the water-density band within which it is kept (voxels denser
   than it leave the mask, water-dense ones beside it join: ``onnx_runner.fluid_only``), each where it gains
   ``MASK_MARGIN`` mean Dice. Bundle 0.12.0, 300 validation CTs: the level alone 0.573, within water ± 30 HU 0.738
-  (the masks strayed onto the chest wall, 40 HU in the phantoms, and short of the fluid, 10 HU).
+  (the masks strayed onto the chest wall, 40 HU in the phantoms, and short of the fluid, 10 HU). Since session 35
+  the band is tried at the label's best level even where that level alone gained too little (bundle 0.18.0: the
+  network's masks 0.571, level 0.4 alone 0.581, within water ± 30 HU 0.746).
 - ``box_source``: per kind and focal label, "mask" where boxes from the segmentation's components (as masked
   above) reach a higher AP@0.5 than the CenterNet peaks, else the peaks (the default). AP on a few dozen
   lesions is noisy: 150 validation cases chose masks for radiograph nodules (AP 0.578 vs 0.533), 300 chose the
   peaks (0.588 vs 0.506), hence 300 by default.
+- ``rival_factor``: per kind, the factor a focal box's score is multiplied by where another focal label's box
+  scores higher on the same place (``onnx_runner.demote_rivals``), where that gains ``BOX_SOURCE_MARGIN`` box
+  mAP@0.5. Bundle 0.18.0, 300 validation radiographs: mAP 0.794 -> 0.832 at 0.7 (consolidation AP 0.562 -> 0.678:
+  its false boxes lay on masses); CT none (0.483 -> 0.484 on 150).
 - ``size_fraction``: per kind and round focal label (nodule, mass, PET lesion: the phantoms draw their sizes as
   diameters), the fraction of a lesion's peak at which the runtime outlines it on the *source* grid to measure its
   equivalent diameter (``inference.measure``), where that states the phantom's largest lesion to the whole mm
@@ -92,6 +98,8 @@ FLUID_LEVELS = (0.3, 0.4, 0.5, 0.6)
 FLUID_BAND_HU = (20.0, 25.0, 30.0, 35.0)
 BOX_SOURCES = ("heatmap", "mask")
 BOX_SOURCE_MARGIN = 0.02  # AP@0.5 a mask-derived box must gain over the CenterNet peaks to be chosen
+# factors tried for a focal box beaten on its place by another focal label's (``demote_rivals``); 1 = none
+RIVAL_FACTORS = (0.85, 0.7, 0.5, 0.35)
 SIZE_LEVELS = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 # source pixels past the mapped mask a size outline may reach; the runtime's DELINEATION_REACH (2) is the default
 SIZE_REACHES = (0, 1, 2)
@@ -189,14 +197,17 @@ def water_band(half_width_hu: float, window: tuple[float, float] = CT_WINDOW) ->
 
 
 def choose_fluid_bands(
-    runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]], levels: dict[str, float] | None = None
 ) -> tuple[dict[str, tuple[float, float]], dict[str, dict[str, float]]]:
-    """Per fluid label the runner keeps to its fluid level (``runner.fluid``, chosen first): the water-density
-    band (``FLUID_BAND_HU``) whose :func:`~dicom_agent.inference.onnx_runner.fluid_only` masks have the best mean
-    Dice, kept only when it beats the level alone by ``MASK_MARGIN``. Returns (chosen bands, mean Dice per band
-    half-width and label; "mask" = the level alone)."""
+    """Per fluid label of ``levels`` (default: those the runner keeps to a fluid level, ``runner.fluid``): the
+    water-density band (``FLUID_BAND_HU``) whose :func:`~dicom_agent.inference.onnx_runner.fluid_only` masks at
+    the label's level have the best mean Dice, kept only when it beats the masks the runner draws now (the level
+    alone where the runner keeps one, else the network's) by ``MASK_MARGIN``. A band is tried on a level that
+    gained too little alone: for bundle 0.18.0 the level alone gained 0.009, within the band more. Returns
+    (chosen bands, mean Dice per band half-width and label; "mask" = the runner's masks)."""
     kind = samples[0].kind
-    levels = runner.fluid.get(kind, {})
+    kept = runner.fluid.get(kind, {})
+    levels = kept if levels is None else levels
     keys = [(LABEL_KEYS.index(key), key) for key in FLUID_LABELS.get(kind, ()) if key in levels]
     chosen: dict[str, tuple[float, float]] = {}
     table: dict[str, dict[str, float]] = {}
@@ -210,12 +221,17 @@ def choose_fluid_bands(
             FLUID_BAND_HU,
             _within_water(level),
             "fluid band",
-            base=functools.partial(fluid_only, level=level),
+            base=functools.partial(fluid_only, level=kept[key]) if key in kept else None,
         )
         table.update(row)
         if key in widths:
             chosen[key] = water_band(widths[key])
     return chosen, table
+
+
+def best_option(row: dict[str, float]) -> float:
+    """The level of a calibration table's row (mean Dice by option name, "mask" = as drawn) with the best Dice."""
+    return float(max((name for name in row if name != "mask"), key=row.__getitem__))
 
 
 def _within_water(level: float) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
@@ -311,6 +327,25 @@ def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, 
     return chosen
 
 
+def choose_rival_factor(
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
+) -> tuple[float | None, dict[str, float]]:
+    """The factor of ``RIVAL_FACTORS`` by which a focal box beaten on its place by another focal label's
+    (:func:`~dicom_agent.inference.onnx_runner.demote_rivals`) gives the best box mAP@0.5 on the samples' kind,
+    kept only when it beats no demotion by ``BOX_SOURCE_MARGIN`` (the runner's box sources in place). Returns
+    (chosen or None, mAP per factor; "1" = none)."""
+    kind = samples[0].kind
+    table: dict[str, float] = {}
+    for factor in (1.0, *RIVAL_FACTORS):
+        runner.rival_factor[kind] = factor
+        result = structured_metrics(samples, [decode(runner, kind, raw) for raw in raws], {})
+        table[f"{factor:g}"] = round(float(result["map50"] or 0.0), 4)
+    del runner.rival_factor[kind]
+    best = max(RIVAL_FACTORS, key=lambda f: table[f"{f:g}"])
+    log.info("rival factor %s: mAP %.3f at %g (none %.3f)", kind, table[f"{best:g}"], best, table["1"])
+    return (best if table[f"{best:g}"] > table["1"] + BOX_SOURCE_MARGIN else None), table
+
+
 def choose_thresholds(kind: str, samples: list[Sample], raws: list[dict[str, Any]]) -> dict[str, float]:
     """Per label of ``kind``, the decision threshold with the best F1 on these validation cases."""
     probs = np.stack([raw["probs"] for raw in raws])
@@ -325,8 +360,8 @@ def choose_thresholds(kind: str, samples: list[Sample], raws: list[dict[str, Any
 def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     """The manifest's ``decoding`` choices for ``bundle``, measured on ``cases`` validation phantoms per kind
     (the graphs run once per case): ``thresholds``, ``mask_thresholds``, ``delineation``, ``fluid``,
-    ``fluid_band``, ``box_source``, ``unsided`` and, under ``calibration``, the Dice and side-precision tables
-    behind them."""
+    ``fluid_band``, ``box_source``, ``rival_factor``, ``unsided`` and, under ``calibration``, the Dice,
+    side-precision and mAP tables behind them."""
     from dicom_agent.inference.onnx_runner import BundleRunner
     from models.train import available_kinds
 
@@ -334,6 +369,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     # from the defaults, not a previous run
     runner.thresholds, runner.mask_thresholds, runner.box_source = {}, {}, {}
     runner.unsided, runner.delineation, runner.fluid, runner.fluid_band = {}, {}, {}, {}
+    runner.rival_factor = {}
     out: dict[str, Any] = {
         "thresholds": {},
         "mask_thresholds": {},
@@ -341,6 +377,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
         "fluid": {},
         "fluid_band": {},
         "box_source": {},
+        "rival_factor": {},
         "unsided": {},
         "calibration": {"cases": cases, "seed": seed},
     }
@@ -349,6 +386,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     fluid_table: dict[str, Any] = {}
     band_table: dict[str, Any] = {}
     side_table: dict[str, Any] = {}
+    rival_table: dict[str, Any] = {}
     for kind in [k for k in KINDS if k in available_kinds()]:
         samples = make_samples(kind, cases, seed)
         raws = list(raw_outputs(runner, samples))
@@ -365,13 +403,19 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
             levels, fluid_table[kind] = choose_fluid(runner, samples, raws)
             if levels:
                 out["fluid"][kind] = runner.fluid[kind] = levels
-                bands, band_table[kind] = choose_fluid_bands(runner, samples, raws)
-                if bands:
-                    runner.fluid_band[kind] = bands
-                    out["fluid_band"][kind] = {key: list(band) for key, band in bands.items()}
+            # a band is tried at each label's best level, chosen alone or not
+            tries = {key: levels.get(key, best_option(row)) for key, row in fluid_table[kind].items()}
+            bands, band_table[kind] = choose_fluid_bands(runner, samples, raws, tries)
+            if bands:
+                out["fluid"][kind] = runner.fluid[kind] = levels | {key: tries[key] for key in bands}
+                runner.fluid_band[kind] = bands
+                out["fluid_band"][kind] = {key: list(band) for key, band in bands.items()}
         sources = choose_box_sources(runner, samples, raws)
         if sources:
-            out["box_source"][kind] = sources
+            out["box_source"][kind] = runner.box_source[kind] = sources
+        factor, rival_table[kind] = choose_rival_factor(runner, samples, raws)
+        if factor is not None:
+            out["rival_factor"][kind] = runner.rival_factor[kind] = factor
         unsided, side_table[kind] = choose_unsided(runner, samples, raws)
         if unsided:
             out["unsided"][kind] = unsided
@@ -381,6 +425,7 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     out["calibration"]["fluid_dice"] = fluid_table
     out["calibration"]["fluid_band_dice"] = band_table
     out["calibration"]["side_precision"] = side_table
+    out["calibration"]["rival_map"] = rival_table
     return out
 
 

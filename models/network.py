@@ -72,8 +72,8 @@ class NetConfig:
     # On the model grid a nodule under 15 mm is one voxel as bright as a vessel and a consolidation's air
     # bronchograms are blurred away; the filters on the finer grid keep them. 0 keeps older bundles loadable
     dot: int = 0
-    # 1: CT slices get one more channel computed in the graph from the slice itself, its water band
-    # clip(1 - |HU - 10| / 25, 0, 1) (``water_band``): in the [-1000, 400] HU window pleural fluid (10 HU) and the
+    # 1: CT slices get one more channel computed in the graph from the slice itself, its water likeness
+    # clip(1 - |HU - 10| / 25, 0, 1) (``water_likeness``): in the [-1000, 400] HU window pleural fluid (10 HU) and the
     # chest wall (40 HU) are 0.02 apart, and three of four draws of the recipe with the fine-grid channels lost
     # or nearly lost CT effusion masks in stage 1; radiographs and PET get zeros. 0 keeps older bundles loadable
     water: int = 0
@@ -86,7 +86,7 @@ CT_WINDOW_HU = (-1000.0, 400.0)  # the CT input's window (``models.preprocess.CT
 WATER_HU, WATER_HALF_WIDTH = 10.0, 25.0
 
 
-def water_band(slices: torch.Tensor) -> torch.Tensor:
+def water_likeness(slices: torch.Tensor) -> torch.Tensor:
     """CT slices in [0, 1] (the HU window ``CT_WINDOW_HU``) -> how near water each voxel is, 1 at 10 HU falling to
     0 at 25 HU away (fluid 1, water 0.6; muscle at 40 HU, fat and lung 0)."""
     lo, hi = CT_WINDOW_HU
@@ -454,7 +454,7 @@ class UnifiedModel(nn.Module):
         """Volumes (N,D,S,S) -> slices (N*D, C, S, S): each slice, then itself minus the slice k..1 below and
         1..k above (edges repeated), k = ``slice_context``, then its first ``cfg.dot`` fine-grid channels of
         ``dot`` (N,K,D,S,S), or (N,D,S,S) for one; zeros where ``dot`` is None; then (``cfg.water``) the slice's
-        ``water_band`` where ``ct`` (N,) is true, else zeros. Radiographs (N,1,S,S) get zero differences."""
+        ``water_likeness`` where ``ct`` (N,) is true, else zeros. Radiographs (N,1,S,S) get zero differences."""
         k = self.cfg.slice_context
         n, depth, s, _ = volume.shape
         flat = volume.reshape(n * depth, 1, s, s)
@@ -478,7 +478,7 @@ class UnifiedModel(nn.Module):
             if ct is None:
                 parts.append(torch.zeros_like(flat))
             else:
-                parts.append(water_band(flat) * ct.to(flat.dtype).repeat_interleave(depth).view(-1, 1, 1, 1))
+                parts.append(water_likeness(flat) * ct.to(flat.dtype).repeat_interleave(depth).view(-1, 1, 1, 1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     @torch.no_grad()

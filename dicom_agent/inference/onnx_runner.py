@@ -32,6 +32,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MODALITY_INDEX = {"cxr": 0, "ct": 1, "pet": 2}
+RIVAL_IOU = 0.1  # boxes of two focal labels overlapping more than this lie on one lesion (``demote_rivals``)
 
 
 class BundleError(RuntimeError):
@@ -326,6 +327,31 @@ def mask_component_boxes(prob: np.ndarray, mask: np.ndarray, label: str, weight:
     return boxes
 
 
+def box_iou(a: DetectedBox, b: DetectedBox) -> float:
+    """Intersection over union of two boxes on one image."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def demote_rivals(boxes: list[DetectedBox], focal: set[str], factor: float) -> list[DetectedBox]:
+    """``boxes`` (one image or slice) with each focal box's score times ``factor`` where a box of another focal
+    label overlaps it (IoU > ``RIVAL_IOU``) with a higher score: one lesion lights up the nodule, mass and
+    consolidation channels at once, and the runtime reports the leader there (``bundle_adapter._claim_by_score``),
+    so the others rank below the lesions their label leads. Scores are compared as given, not as demoted. Bundle
+    0.18.0, 300 validation radiographs: consolidation AP@0.5 0.562 -> 0.678 at 0.7, its false boxes the ones on
+    masses."""
+    out = []
+    for b in boxes:
+        beaten = b.label in focal and any(
+            r.label in focal and r.label != b.label and r.score > b.score and box_iou(r, b) > RIVAL_IOU for r in boxes
+        )
+        out.append(replace(b, score=b.score * factor) if beaten else b)
+    return out
+
+
 def _label_slot(ndim: int, axis: int, index: int) -> tuple[int | slice, ...]:
     """The index of one label's plane in an array of rank ``ndim`` whose label axis is ``axis``."""
     return tuple(index if a == axis else slice(None) for a in range(ndim))
@@ -412,6 +438,9 @@ class BundleRunner:
         # where each (kind, label)'s boxes come from: "heatmap" (CenterNet, the default) or "mask" (components
         # of the segmentation), chosen per label on validation phantoms at export (models.evaluate)
         self.box_source: dict[str, dict[str, str]] = decoding.get("box_source", {})
+        # per kind, the factor a focal box's score is multiplied by where another focal label's box scores higher
+        # on the same place (``demote_rivals``), chosen by box mAP on validation phantoms; kinds not listed: none
+        self.rival_factor: dict[str, float] = {kind: float(f) for kind, f in decoding.get("rival_factor", {}).items()}
         # per kind, the non-focal labels whose masks do not tell the side (too few of the sides they gave on
         # validation phantoms were right): reported without one
         self.unsided: dict[str, set[str]] = {kind: set(keys) for kind, keys in decoding.get("unsided", {}).items()}
@@ -674,6 +703,8 @@ class BundleRunner:
             if li in focal and len(focal) > 1:
                 found = [replace(b, score=b.score * label_share(seg, b, li, focal)) for b in found]
             out += found
+        if kind in self.rival_factor:
+            out = demote_rivals(out, {self.label_keys[li] for li in focal}, self.rival_factor[kind])
         out.sort(key=lambda b: -b.score)
         return out
 

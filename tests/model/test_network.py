@@ -219,8 +219,8 @@ def test_fine_channels_come_last_and_are_zero_without_them() -> None:
     assert torch.equal(one.with_context(volume, fine[:, 0]), one.with_context(volume, fine[:, :1]))
 
 
-def test_the_water_band_lights_fluid_on_ct_only() -> None:
-    """``NetConfig.water``: CT slices carry their water band last (fluid at 10 HU 1, water 0.6; muscle at 40 HU,
+def test_the_water_channel_lights_fluid_on_ct_only() -> None:
+    """``NetConfig.water``: CT slices carry their water likeness last (fluid at 10 HU 1, water 0.6; muscle at 40 HU,
     lung and fat 0), computed in the graph from the slice; PET volumes and radiographs get zeros there."""
     model = UnifiedModel(replace(TINY, slice_context=1, dot=2, water=1))
     assert model.encoder.s1[0].in_channels == 6

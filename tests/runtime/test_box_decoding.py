@@ -12,6 +12,7 @@ from dicom_agent.inference.onnx_runner import (
     BundleRunner,
     DetectedBox,
     delineate,
+    demote_rivals,
     fluid_only,
     grow_from_seeds,
     label_share,
@@ -171,6 +172,7 @@ def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> No
     size = offset = np.zeros((2, 8, 8), np.float32)
     probs = np.ones(len(keys), np.float32)
     runner.box_source = {kind: {key: "mask" for key in keys} for kind in ("cxr", "pet")}
+    runner.rival_factor = {}  # label shares alone (demotion: the test below)
     by_label = {b.label: b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label != "nodule"}
     nodules = [b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label == "nodule"]
     assert [(b.x0, b.y0) for b in nodules] == [(40, 40), (10, 10)]  # its own lesion first
@@ -178,6 +180,37 @@ def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> No
     assert by_label["mass"].score == pytest.approx(0.9) and by_label["pleural_effusion"].score == pytest.approx(0.95)
     pet = [b for b in runner.boxes("pet", heat, size, offset, seg, probs, 0.3) if b.label == "hypermetabolic_lesion"]
     assert [b.score for b in pet] == [pytest.approx(0.6)]  # PET's one focal label has no rival
+
+
+def test_a_focal_box_beaten_on_its_place_by_another_focal_label_is_demoted() -> None:
+    """The consolidation box on the mass's place (IoU 0.47) ranks below the consolidation elsewhere; the mass,
+    the nodule that only touches the mass (IoU 0.02) and the effusion (not focal) keep their scores; a rival is
+    one of another label that scores higher as given, so the mass is not demoted by the demoted box."""
+    boxes = [
+        DetectedBox("mass", 0.6, 10, 10, 30, 30),
+        DetectedBox("consolidation", 0.5, 14, 14, 34, 34),
+        DetectedBox("consolidation", 0.45, 60, 60, 80, 80),
+        DetectedBox("nodule", 0.4, 29, 29, 33, 33),
+        DetectedBox("pleural_effusion", 0.3, 10, 10, 30, 30),
+    ]
+    scores = [b.score for b in demote_rivals(boxes, {"nodule", "mass", "consolidation"}, 0.7)]
+    assert scores == pytest.approx([0.6, 0.35, 0.45, 0.4, 0.3])
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    seg = np.zeros((len(keys), 64, 64), np.float32)
+    seg[keys.index("mass"), 10:30, 10:30] = 0.9
+    seg[keys.index("consolidation"), 12:30, 12:30] = 0.6
+    heat = np.zeros((len(keys), 8, 8), np.float32)
+    size = offset = np.zeros((2, 8, 8), np.float32)
+    probs = np.ones(len(keys), np.float32)
+    runner.box_source = {"cxr": {key: "mask" for key in keys}}
+    found = []
+    for factor in ({}, {"cxr": 0.5}, {"ct": 0.5}):  # off, on for radiographs, on for another kind
+        runner.rival_factor = factor
+        found.append({b.label: b.score for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3)})
+    assert found[0]["consolidation"] == pytest.approx(0.6 * 0.6 / 0.9)  # its label share over its box
+    assert found[1] == found[0] | {"consolidation": pytest.approx(0.5 * found[0]["consolidation"])}
+    assert found[2] == found[0]
 
 
 def test_components_are_face_connected_in_volumes_too() -> None:
