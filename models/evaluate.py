@@ -436,6 +436,7 @@ def runtime_metrics(
     disagreeing = dict.fromkeys(("en", "zh"), 0)
     uptake_errors: list[float] = []  # highest SUVmax reported - the phantom's (cases with both)
     size_errors: list[float] = []  # largest size reported - drawn, whole mm, per diameter label, every case analysed
+    height_errors: list[float] = []  # radiograph effusion height reported - drawn (mm), per side both have
     tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
     previous = None
     for i in range(max(report_cases, vqa_cases)):
@@ -458,6 +459,8 @@ def runtime_metrics(
         shutil.rmtree(folder, ignore_errors=True)
         result = analysis.result
         size_errors.extend(mm(got) - truth for got, truth in largest_sizes(case.lesions, result.present).values())
+        if kind == "cxr":
+            height_errors.extend(got - drawn for got, drawn in effusion_heights(case.lesions, result.present))
         if i >= report_cases:
             continue
         drawn = [float(les.attrs["suv_max"]) for les in case.lesions if "suv_max" in les.attrs]
@@ -489,6 +492,8 @@ def runtime_metrics(
         return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
 
     out: dict[str, Any] = {"sizes": size_agreement(size_errors)}
+    if height_errors:
+        out["effusion_heights"] = height_agreement(height_errors)
     if report_cases:
         out["report"] = {
             "n": report_cases,
@@ -535,6 +540,28 @@ def largest_sizes(lesions: list[Any], findings: list[Any]) -> dict[str, tuple[fl
         if drawn and reported:
             out[label] = (max(reported), mm(max(drawn)))
     return out
+
+
+def effusion_heights(lesions: list[Any], findings: list[Any]) -> list[tuple[float, float]]:
+    """(reported, drawn) height in mm of each pleural effusion side both drawn and reported with a size (the
+    phantoms state a radiograph effusion's height from the costophrenic angle to the fluid surface where lowest)."""
+    drawn = {les.laterality: float(les.size_mm) for les in lesions if les.label == "pleural_effusion" and les.size_mm}
+    return [
+        (float(f.size_mm), drawn[f.laterality])
+        for f in findings
+        if f.label == "pleural_effusion" and f.size_mm is not None and f.laterality in drawn
+    ]
+
+
+def height_agreement(errors: list[float]) -> dict[str, Any]:
+    """Reported minus drawn effusion heights (mm): how many, the share within 10 mm, the median error (signed: the
+    direction the runtime misses in) and the median absolute error."""
+    return {
+        "cases": len(errors),
+        "within_10mm": float(np.mean([abs(e) <= 10 for e in errors])),
+        "median_error": float(np.median(errors)),
+        "median_abs_error": float(np.median(np.abs(errors))),
+    }
 
 
 def agreement(errors: list[float], exact_within: float) -> dict[str, Any]:
@@ -704,6 +731,13 @@ def format_tables(metrics: dict[str, Any]) -> str:
                 f"{_fmt(sizes['exact'])} of {sizes['cases']} (case, label) pairs with both, within 2 mm in "
                 f"{_fmt(sizes.get('within_2mm'))}; median absolute error {_fmt(sizes['median_abs_error'])} mm"
             )
+        heights = m.get("effusion_heights")
+        if heights:
+            lines.append(
+                f"\n{kind}: pleural effusion height stated within 10 mm of the phantom's in "
+                f"{_fmt(heights['within_10mm'])} of {heights['cases']} sides with both; median error "
+                f"{heights['median_error']:+.1f} mm (absolute {heights['median_abs_error']:.1f} mm)"
+            )
         suv = m.get("report", {}).get("suvmax")
         if suv:
             lines.append(
@@ -761,6 +795,8 @@ def write_metrics(bundle: Path, metrics: dict[str, Any]) -> None:
             entry["rendered_text"] = m["report"]
         if "sizes" in m:
             entry["sizes"] = m["sizes"]
+        if "effusion_heights" in m:
+            entry["effusion_heights"] = m["effusion_heights"]
         if "out_of_range" in m:
             o = m["out_of_range"]
             entry["out_of_range"] = {k: o.get(k) for k in ("n", "auroc", "map50", "dice", "slice_hit")}

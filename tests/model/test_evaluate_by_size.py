@@ -45,3 +45,24 @@ def test_the_eval_tables_name_each_bin() -> None:
     assert "| ct | nodule | < 10 mm | 4 | 0.500 | 0.250 |" in text
     assert "| ct | nodule | 10–15 mm | 3 | 0.600 | 0.000 |" in text
     assert "| ct | nodule | ≥ 20 mm | 9 | 0.940 | 0.900 |" in text
+
+
+def test_effusion_heights_pair_sides_and_keep_the_sign() -> None:
+    """Each effusion side both drawn and reported with a height is one pair (a side only reported, a finding
+    without a height or another label is none); the median error keeps its sign: the runtime's heights run short."""
+    from types import SimpleNamespace as Ns
+
+    from models.evaluate import effusion_heights, height_agreement
+
+    lesions = [
+        Ns(label="pleural_effusion", laterality="right", size_mm=48.5),
+        Ns(label="nodule", laterality="right", size_mm=12.0),
+    ]
+    findings = [
+        Ns(label="pleural_effusion", laterality="right", size_mm=57.1),
+        Ns(label="pleural_effusion", laterality="left", size_mm=43.7),  # not drawn there
+        Ns(label="nodule", laterality="right", size_mm=12.0),
+    ]
+    assert effusion_heights(lesions, findings) == [(57.1, 48.5)]
+    summary = height_agreement([-20.0, -12.0, 5.0])
+    assert summary == {"cases": 3, "within_10mm": pytest.approx(1 / 3), "median_error": -12.0, "median_abs_error": 12.0}
