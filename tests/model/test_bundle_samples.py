@@ -54,7 +54,7 @@ def test_sample_findings_include_drawn_labels(predicted: tuple[str, StudyFinding
 def test_focal_findings_have_boxes_on_source_images(predicted: tuple[str, StudyFindings, dict[str, Any]]) -> None:
     kind, result, truth = predicted
     sop_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (SAMPLES / kind).glob("*.dcm")}
-    # the focal findings reported (0.18.0 reports the sample radiograph's nodule as two masses: docs/model.md)
+    # the focal findings reported (0.18.x reports the sample radiograph's two nodules as masses: docs/model.md)
     focal = [f for f in result.present if LABELS[f.label].focal]
     assert [f for f in focal if f.boxes], (kind, [f.label for f in result.present])
     rows, cols = truth["shape"][-2:]
