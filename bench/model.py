@@ -90,7 +90,7 @@ _ADAPTERS: dict[Path, Any] = {}
 
 def _inputs(bundle: Path, kind: str) -> np.ndarray:
     """The sample study's model input, produced the adapter's way (also times preprocessing); a CT for a bundle
-    with fine-grid channels comes as (1+K,D,s,s): the volume, then its K channels."""
+    with fine-grid channels comes as (1+K,D,s,s): the volume, then its K channels (a PET without them)."""
     from dicom_agent.inference.bundle_adapter import BundleAdapter
     from dicom_agent.inference.volume import load_volume, window
 
@@ -104,9 +104,7 @@ def _inputs(bundle: Path, kind: str) -> np.ndarray:
         return np.stack([adapter._normalize_cxr(r) for r in radiographs])
     volume = load_volume(files, adapter.grids[kind], study.study_instance_uid)
     values = window(volume.values, *adapter.windows[kind])
-    dot = adapter._dot(kind, volume)
-    if dot is None and adapter.runner.takes_dot:  # PET: zeros there (``BundleRunner.volume_feeds``)
-        dot = np.zeros((adapter.runner.dot_channels, *values.shape), np.float32)
+    dot = adapter._dot(kind, volume)  # None for PET: ``BundleRunner.volume_feeds`` gives it zeros
     return values if dot is None else np.concatenate([values[None], dot.reshape(-1, *values.shape)])
 
 
@@ -122,19 +120,13 @@ def encoder_graph(kind: str) -> str:
     return "enc2d" if kind == "cxr" else "enc3d"
 
 
-def encoder_feeds(kind: str, x: np.ndarray, batch: int = 1) -> dict[str, np.ndarray]:
+def encoder_feeds(runner: Any, kind: str, x: np.ndarray, batch: int = 1) -> dict[str, np.ndarray]:
     """The encoder graph's inputs: the first radiograph of ``x``, or the volume ``x`` (with its fine-grid channels
-    where ``_inputs`` gave them), repeated ``batch`` times."""
-    from dicom_agent.inference.onnx_runner import MODALITY_INDEX
-
+    where ``_inputs`` gave them) as ``runner.volume_feeds`` makes them, repeated ``batch`` times."""
     if kind == "cxr":
         return {"image": np.repeat(x[:1, None], batch, axis=0)}
     volume, dot = (x[0], x[1:]) if x.ndim == 4 else (x, None)
-    feeds = {"volume": np.repeat(volume[None], batch, axis=0)}
-    feeds["modality"] = np.full((batch,), MODALITY_INDEX[kind], np.int64)
-    if dot is not None:
-        feeds["dot"] = np.repeat(dot[None], batch, axis=0)
-    return feeds
+    return {name: np.repeat(v, batch, axis=0) for name, v in runner.volume_feeds(volume, kind, dot).items()}
 
 
 def torch_greedy(
@@ -166,7 +158,7 @@ def ort_vs_torch(bundle: Path, checkpoint: Path | None, kind: str, threads: int,
     from dicom_agent.inference.onnx_runner import BundleRunner, DecoderFeatures
 
     runner = BundleRunner(bundle, device="cpu", threads=threads)
-    feeds = encoder_feeds(kind, _inputs(bundle, kind))
+    feeds = encoder_feeds(runner, kind, _inputs(bundle, kind))
     graph = encoder_graph(kind)
     out = runner._run(graph, feeds)
     ort_enc = median_s(lambda: runner._run(graph, feeds), repeat)
@@ -205,7 +197,7 @@ def throughput(bundle: Path, kind: str, threads: int, repeat: int) -> dict[str, 
     graph = encoder_graph(kind)
     out = {}
     for batch in (1, 4, 8):
-        feeds = encoder_feeds(kind, x, batch)
+        feeds = encoder_feeds(runner, kind, x, batch)
         out[f"batch{batch}_per_s"] = batch / median_s(lambda f=feeds: runner._run(graph, f), repeat)
     return out
 

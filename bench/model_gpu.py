@@ -61,12 +61,12 @@ def ort_figures(runner: Any, kind: str, x: np.ndarray, prompt: list[int], repeat
     graph = encoder_graph(kind)
     res: dict[str, Any] = {"provider": runner.providers[0], "threads": os.cpu_count()}
     for batch in BATCHES:
-        f = encoder_feeds(kind, x, batch)
+        f = encoder_feeds(runner, kind, x, batch)
         s = timed(lambda f=f: runner._run(graph, f), lambda: None, repeat)
         res[f"batch{batch}_per_s"] = batch / s
         if batch == 1:
             res["encoder_s"] = s
-    out = runner._run(graph, encoder_feeds(kind, x))
+    out = runner._run(graph, encoder_feeds(runner, kind, x))
     feats = DecoderFeatures(out["cross_k"][:, :1], out["cross_v"][:, :1])
     res["decode32_s"] = timed(lambda: runner.generate_ids(feats, prompt, max_tokens=32), lambda: None, repeat)
     res["tokens"] = runner.generate_ids(feats, prompt, max_tokens=32)
@@ -86,10 +86,18 @@ def precision(dtype: str, device: str) -> Iterator[None]:
 
 
 def torch_figures(
-    model: Any, kind: str, x: np.ndarray, device: str, dtype: str, prompt: list[int], eos: int, repeat: int
+    model: Any,
+    runner: Any,
+    kind: str,
+    x: np.ndarray,
+    device: str,
+    dtype: str,
+    prompt: list[int],
+    eos: int,
+    repeat: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Timings of ``model`` (already on ``device``), and the batch-1 finding probabilities and masks (for the fp16
-    fidelity check)."""
+    """Timings of ``model`` (already on ``device``; its inputs made as ``runner``'s), and the batch-1 finding
+    probabilities and masks (for the fp16 fidelity check)."""
     import torch
 
     from models.export import ENC2D_OUTPUTS, ENC3D_OUTPUTS, DecStep, Enc2D, Enc3D
@@ -99,7 +107,7 @@ def torch_figures(
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def tensors(batch: int) -> list[torch.Tensor]:
-        return [torch.from_numpy(v).to(device) for v in encoder_feeds(kind, x, batch).values()]
+        return [torch.from_numpy(v).to(device) for v in encoder_feeds(runner, kind, x, batch).values()]
 
     res: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": dtype}
     with precision(dtype, device):
@@ -168,7 +176,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         maps = {}
         for dtype in dtypes:
             name = f"torch_{device}_{dtype}"
-            entry[name], maps[dtype] = torch_figures(model, kind, x, device, dtype, prompt, eos, args.repeat)
+            entry[name], maps[dtype] = torch_figures(
+                model, runners["cpu"], kind, x, device, dtype, prompt, eos, args.repeat
+            )
         if device == "cuda":
             same = entry["torch_cuda_fp32"]["tokens"] == entry["torch_cuda_fp16"]["tokens"]
             entry["fp16_vs_fp32"] = fidelity(maps["fp32"], maps["fp16"], same)

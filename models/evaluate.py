@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from dicom_agent.inference.agreement import NO as ANSWER_NO
 from dicom_agent.inference.agreement import YES as ANSWER_YES
 from dicom_agent.inference.agreement import largest_located, normalize_answer
+from dicom_agent.inference.onnx_runner import box_iou
 from models.dataset import Batch, Sample, collate, make_samples
 from models.export import write_manifest
 from models.labels import KINDS, LABEL_KEYS, label_mask
@@ -118,14 +119,6 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     return float(err)
 
 
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def average_precision(
     dets: list[tuple[float, Any, tuple[float, ...]]], gts: dict[Any, list[tuple[float, ...]]]
 ) -> float | None:
@@ -138,7 +131,7 @@ def average_precision(
     for _score, key, box in sorted(dets, key=lambda d: -d[0]):
         best, best_j = 0.0, -1
         for j, g in enumerate(gts.get(key, [])):
-            o = iou(box, g)
+            o = box_iou(box, g)
             if o > best:
                 best, best_j = o, j
         if best >= 0.5 and not used[key][best_j]:

@@ -72,6 +72,11 @@ class DetectedBox:
     y1: float
     z: int | None = None
 
+    @property
+    def corners(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1), as :func:`box_iou` takes a box."""
+        return self.x0, self.y0, self.x1, self.y1
+
 
 @dataclass
 class DecoderFeatures:
@@ -327,12 +332,12 @@ def mask_component_boxes(prob: np.ndarray, mask: np.ndarray, label: str, weight:
     return boxes
 
 
-def box_iou(a: DetectedBox, b: DetectedBox) -> float:
-    """Intersection over union of two boxes on one image."""
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1) on one image (also the evaluation's box matching)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -346,7 +351,8 @@ def demote_rivals(boxes: list[DetectedBox], focal: set[str], factor: float) -> l
     out = []
     for b in boxes:
         beaten = b.label in focal and any(
-            r.label in focal and r.label != b.label and r.score > b.score and box_iou(r, b) > RIVAL_IOU for r in boxes
+            r.label in focal and r.label != b.label and r.score > b.score and box_iou(r.corners, b.corners) > RIVAL_IOU
+            for r in boxes
         )
         out.append(replace(b, score=b.score * factor) if beaten else b)
     return out
