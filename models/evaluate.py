@@ -59,6 +59,7 @@ class EvalConfig:
     vqa_cases: int = 100
     corruptions: bool = True
     report_cases: int = 0  # cases per modality written as DICOM and run through the adapter (rendered text)
+    narrative_cases: int = 40  # of those, the first ones whose decoder narrative is written and checked (slow)
     kinds: tuple[str, ...] = KINDS
     seed: int = EVAL_SEED
 
@@ -400,6 +401,7 @@ def runtime_metrics(
     vqa_cases: int,
     controls: bool = True,
     narrative: bool = True,
+    narrative_cases: int | None = None,
 ) -> dict[str, Any]:
     """What a user gets from the node, end to end: phantoms written as DICOM and run through
     :class:`~dicom_agent.inference.bundle_adapter.BundleAdapter` (the runtime's preprocessing, heads, map-back,
@@ -430,12 +432,14 @@ def runtime_metrics(
     uptake_errors: list[float] = []  # highest SUVmax reported - the phantom's (cases with both)
     size_errors: list[float] = []  # largest size reported - drawn, whole mm, per diameter label, every case analysed
     height_errors: list[float] = []  # radiograph effusion height reported - drawn (mm), per side both have
+    drawn_pairs = 0
+    narrated = report_cases if narrative_cases is None else min(narrative_cases, report_cases)
     tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
     previous = None
     for i in range(max(report_cases, vqa_cases)):
         folder = workdir / f"{kind}{i}"
         case, study = phantom_case_study(kind, seed + i, folder)
-        analysis = adapter.analyse(study, narrative=narrative and i < report_cases)
+        analysis = adapter.analyse(study, narrative=narrative and i < narrated)
         if i < vqa_cases:
             qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
             runs = [("vqa", analysis)]
@@ -462,6 +466,7 @@ def runtime_metrics(
             uptake_errors.append(round(max(reported) - max(drawn), 1))
         truth_f = {les.label for les in case.lesions}
         truth_fl = {(les.label, _place(les.location, les.laterality, LABELS[les.label].focal)) for les in case.lesions}
+        drawn_pairs += len(truth_fl)
         parsed = {}
         for lang in ("en", "zh"):
             found = [f for f in parse(result.impression[lang], lang, vocab) if not f.negated]
@@ -490,12 +495,14 @@ def runtime_metrics(
     if report_cases:
         out["report"] = {
             "n": report_cases,
+            "drawn_pairs": drawn_pairs,
             "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
             "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
             "consistency": consistent / report_cases,
         }
-        if narrative:
-            out["report"]["narrative_disagreement"] = {lang: n / report_cases for lang, n in disagreeing.items()}
+        if narrative and narrated:
+            out["report"]["narrative_n"] = narrated
+            out["report"]["narrative_disagreement"] = {lang: n / narrated for lang, n in disagreeing.items()}
         if uptake_errors:  # PET: the highest SUVmax stated, against the phantom's, to the stated decimal
             out["report"]["suvmax"] = agreement(uptake_errors, 0.05)
     if vqa_cases:
@@ -641,7 +648,15 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                m |= runtime_metrics(bundle, kind, cfg.seed, Path(tmp), cfg.report_cases, cfg.vqa_cases)
+                m |= runtime_metrics(
+                    bundle,
+                    kind,
+                    cfg.seed,
+                    Path(tmp),
+                    cfg.report_cases,
+                    cfg.vqa_cases,
+                    narrative_cases=cfg.narrative_cases,
+                )
         m["seconds"] = round(time.time() - t0, 1)
         result["modalities"][kind] = m
         log.info("eval %s done in %.0fs", kind, m["seconds"])
@@ -703,18 +718,20 @@ def format_tables(metrics: dict[str, Any]) -> str:
     if any("report" in m for m in metrics["modalities"].values()):
         lines += [
             "",
-            "| modality | rendered text: cases | finding F1 EN / ZH | finding+location F1 EN / ZH | EN=ZH | "
-            "narrative≠heads EN / ZH |",
+            "| modality | rendered text: cases (drawn pairs) | finding F1 EN / ZH | finding+location F1 EN / ZH | "
+            "EN=ZH | narrative≠heads EN / ZH (cases) |",
             "|---|---|---|---|---|---|",
         ]
         for kind, m in metrics["modalities"].items():
             if "report" in m:
                 r = m["report"]
                 nd = r.get("narrative_disagreement", {})
+                pairs = f" ({r['drawn_pairs']})" if "drawn_pairs" in r else ""
+                narrated_n = f" ({r.get('narrative_n', r['n'])})" if nd else ""
                 lines.append(
-                    f"| {kind} | {r['n']} | {_fmt(r['finding_f1']['en'])} / {_fmt(r['finding_f1']['zh'])} | "
+                    f"| {kind} | {r['n']}{pairs} | {_fmt(r['finding_f1']['en'])} / {_fmt(r['finding_f1']['zh'])} | "
                     f"{_fmt(r['finding_location_f1']['en'])} / {_fmt(r['finding_location_f1']['zh'])} | "
-                    f"{_fmt(r['consistency'])} | {_fmt(nd.get('en'))} / {_fmt(nd.get('zh'))} |"
+                    f"{_fmt(r['consistency'])} | {_fmt(nd.get('en'))} / {_fmt(nd.get('zh'))}{narrated_n} |"
                 )
     for kind, m in metrics["modalities"].items():
         sizes = m.get("sizes")

@@ -212,6 +212,9 @@ def evaluate(
     report_cases: Annotated[
         int, typer.Option(min=0, help="cases per modality written as DICOM and run through the adapter (text F1)")
     ] = 100,
+    narrative_cases: Annotated[
+        int, typer.Option(min=0, help="of the report cases, the first ones whose decoder narrative is checked (slow)")
+    ] = 40,
     oor_cases: Annotated[int, typer.Option(min=0, help="out-of-range cases per modality")] = 100,
     finer_cases: Annotated[
         int, typer.Option(min=0, help="CT and PET cases drawn finer than the training data (thin slices)")
@@ -230,6 +233,7 @@ def evaluate(
         vqa_cases=vqa_cases,
         corruptions=corruptions,
         report_cases=report_cases,
+        narrative_cases=narrative_cases,
     )
     metrics = run_eval(bundle, cfg)
     out(format_tables(metrics))

@@ -254,10 +254,26 @@ def test_int8_variant_quantizes_the_matmuls_and_stays_near_fp32(
 
 def test_runtime_metrics_report_how_often_the_narrative_disagrees(smoke_bundle: Path, tmp_path: Path) -> None:
     """The rendered-text metrics run the decoder narrative too and report, per language, the share of cases the
-    draft SR would carry a disagreement comment for; the VQA-only cases do not decode a narrative."""
-    from models.evaluate import runtime_metrics
+    draft SR would carry a disagreement comment for; the VQA-only cases do not decode a narrative. With
+    ``narrative_cases`` the text F1 counts every report case and the narrative share only the first ones."""
+    from models.evaluate import format_tables, phantom_case_study, runtime_metrics
 
     m = runtime_metrics(smoke_bundle, "pet", 900_000, tmp_path, report_cases=2, vqa_cases=1, controls=False)
     shares = m["report"]["narrative_disagreement"]
     assert set(shares) == {"en", "zh"}
     assert all(v in (0.0, 0.5, 1.0) for v in shares.values())
+    assert m["report"]["narrative_n"] == 2
+
+    m = runtime_metrics(
+        smoke_bundle, "pet", 900_000, tmp_path, report_cases=3, vqa_cases=0, controls=False, narrative_cases=1
+    )
+    assert m["report"]["n"] == 3 and m["report"]["narrative_n"] == 1
+    assert all(v in (0.0, 1.0) for v in m["report"]["narrative_disagreement"].values())
+    drawn = 0
+    for i in range(3):  # the drawn (label, place) pairs are counted per case, as the F1 counts them
+        case, _ = phantom_case_study("pet", 900_000 + i, tmp_path / f"count{i}")
+        drawn += len({(les.label, les.location) for les in case.lesions})
+    assert m["report"]["drawn_pairs"] == drawn
+    empty = dict.fromkeys(("auroc", "ece", "f1", "map50", "dice")) | {"n": 0, "per_label": {}}
+    table = format_tables({"modalities": {"pet": {"held_out": empty} | m}})
+    assert f"| pet | 3 ({drawn}) |" in table and "(1) |" in table

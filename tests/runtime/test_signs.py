@@ -1,5 +1,5 @@
-"""The air bronchogram sign on source HU, and the CT rule that gives a region both the mass and the consolidation
-label kept to one of them by it."""
+"""The air bronchogram sign on source HU, and the CT rule that gives a region both a solid lesion's label (mass,
+nodule) and the consolidation label kept to one of them by it."""
 
 from __future__ import annotations
 
@@ -75,15 +75,28 @@ def _volume(hu: np.ndarray) -> Volume:
 
 
 def test_a_shared_region_goes_to_the_label_its_sign_names() -> None:
-    for air, winner, loser in ((True, "consolidation", "mass"), (False, "mass", "consolidation")):
+    """Mass or nodule against consolidation: enclosed air names the consolidation, its absence the solid lesion;
+    the loser keeps its regions elsewhere."""
+    for solid in ("mass", "nodule"):
+        for air, winner, loser in ((True, "consolidation", solid), (False, solid, "consolidation")):
+            hu, region = _lung_with_block(air_tube=air)
+            elsewhere = np.zeros_like(region)
+            elsewhere[2:4, 36:44, 36:44] = True
+            components = {winner: [region.copy()], loser: [region.copy(), elsewhere]}
+            _settle_by_bronchograms(components, _volume(hu))
+            assert [c.sum() for c in components[winner]] == [region.sum()], (solid, air)
+            assert len(components[loser]) == 1 and (components[loser][0] == elsewhere).all()  # keeps its own region
+
+
+def test_a_region_three_labels_kept_goes_to_one() -> None:
+    """Mass, nodule and consolidation on one region: with the sign the consolidation takes it from both; without
+    it the mass takes it from the consolidation and the nodule keeps its own (mass against nodule is settled by
+    size, ``_one_lesion_by_size``)."""
+    for air, kept in ((True, {"consolidation"}), (False, {"mass", "nodule"})):
         hu, region = _lung_with_block(air_tube=air)
-        elsewhere = np.zeros_like(region)
-        elsewhere[2:4, 36:44, 36:44] = True
-        components = {winner: [region.copy()], loser: [region.copy(), elsewhere], "nodule": [region.copy()]}
+        components = {key: [region.copy()] for key in ("mass", "nodule", "consolidation")}
         _settle_by_bronchograms(components, _volume(hu))
-        assert [c.sum() for c in components[winner]] == [region.sum()]
-        assert len(components[loser]) == 1 and (components[loser][0] == elsewhere).all()  # keeps its own region
-        assert len(components["nodule"]) == 1  # other labels are the claims' business, not the sign's
+        assert {key for key, parts in components.items() if parts} == kept, air
 
 
 def test_regions_that_do_not_overlap_are_left_alone() -> None:
