@@ -490,8 +490,6 @@ class BundleAdapter:
         )
         size = self._source_size(kind, grid, spec.key, source) or size  # round lesions: on the acquired voxels
         z, y, x = (float(v) for v in np.argwhere(component).mean(axis=0))
-        if volume.unit == "SUV":  # placed by its acquired voxels, finer than the grid's
-            z, y, x = volume.hot_centre(source) or (z, y, x)
         location, side = sites.location(z, y, x) if sites is not None else (None, _side(volume, x))
         suv_max, suv_on = _uptake(volume, source, boxes)
         if suv_max is not None and suv_max < MIN_LESION_SUV:

@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 CT_AIR_HU = -1024.0
 
 
-HOT_CENTRE_LEVEL = 0.5  # a PET lesion's outline at half its maximum (as delineation and the phantoms draw it)
-
-
 @dataclass(frozen=True)
 class VolumeGrid:
     """The model's input grid: ``depth`` slices of ``size`` × ``size``; spacing ``None`` = fit the series extent."""
@@ -123,23 +120,6 @@ class Volume:
             return None
         flat = int(inside[np.argmax(values.ravel()[inside])])
         return float(values.flat[flat]), flat // (values.shape[1] * values.shape[2])
-
-    def hot_centre(self, source_mask: np.ndarray, level: float = HOT_CENTRE_LEVEL) -> tuple[float, float, float] | None:
-        """The centre of a lesion's acquired voxels, as a continuous model-grid index (z, row, column): the mean of
-        the source voxels inside ``source_mask`` at or above ``level`` times their maximum (PET's half-maximum
-        outline). The model grid's own voxels place a lesion to within half a slice only (24 mm on the PET
-        phantoms' grid, a tenth of a lung's height): on 150 validation PETs the organ map named the drawn lobe
-        of 126 of 143 lung lesions at their drawn centres' nearest model slice and 135 at the centres themselves."""
-        values = sitk.GetArrayViewFromImage(self.source)
-        if source_mask.shape != values.shape or not source_mask.any():
-            return None
-        inside = values[source_mask]
-        hot = np.argwhere(source_mask)[inside >= level * float(inside.max())]
-        k, row, col = (float(v) for v in hot.mean(axis=0))
-        x, y, z = self.model.TransformPhysicalPointToContinuousIndex(
-            self.source.TransformContinuousIndexToPhysicalPoint((col, row, k))
-        )
-        return z, y, x
 
     def model_slice_of_source(self, index: int) -> float:
         """The (continuous) model slice a source slice's centre lands on: for lesion-slice bookkeeping."""

@@ -63,7 +63,6 @@ FLOORS: dict[str, dict[str, float]] = {  # measured on this set per bundle in th
         "vqa_suv": 0.5,
         "text_fl": 0.75,
     },
-    # 0.18.1 with session 36's runtime (lesions placed by their acquired voxels): text 0.889;
     # 0.18.1 as 0.18.0: 1.0, 0.840, 1.0, 0.900, 1.0, 1.0, 0.836;
     # 0.17.0: 1.0, 0.823, 1.0, 0.967, 1.0, 1.0, 0.893;
     # 0.16.0: 1.0, 0.842, 1.0, 0.967, 1.0, 1.0, 0.857; 0.15.0 as 0.14.1: 1.0, 0.842, 1.0, 0.933, 1.0, 1.0, 0.836 (VQA
