@@ -104,7 +104,7 @@ def _inputs(bundle: Path, kind: str) -> np.ndarray:
         return np.stack([adapter._normalize_cxr(r) for r in radiographs])
     volume = load_volume(files, adapter.grids[kind], study.study_instance_uid)
     values = window(volume.values, *adapter.windows[kind])
-    dot = adapter._dot(kind, volume)  # None for PET: ``BundleRunner.volume_feeds`` gives it zeros
+    dot = adapter._dot(kind, volume)  # None where the bundle takes none (PET before 0.19.0: zeros)
     return values if dot is None else np.concatenate([values[None], dot.reshape(-1, *values.shape)])
 
 

@@ -188,7 +188,7 @@ def corrupt(images: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarr
 def raw_outputs(runner: Any, samples: list[Sample], images: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
     """The graphs' outputs per case, undecoded (probabilities, heatmaps, segmentation probabilities, ...):
     :mod:`models.decoding` chooses the decoding settings on them, :func:`decode` applies them. ``images`` stand in
-    for the samples' own (the corruptions); a CT keeps the dot channel of its clean volume (it is computed on a
+    for the samples' own (the corruptions); a volume keeps the fine-grid channels of its clean volume (computed on a
     grid finer than the one the corruptions apply to)."""
     kind = samples[0].kind
     imgs = np.stack([s.image.astype(np.float32) for s in samples]) if images is None else images

@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.18.1"
+BUNDLE_VERSION = "0.19.0"
 OPSET = 18
 
 
@@ -260,7 +260,7 @@ def outputs_spec(cfg: NetConfig) -> dict[str, Any]:
                 **(
                     {
                         "dot": f"[N, {cfg.dot}, {D}, {s}, {s}] float32 in [0,1]: CT's fine-grid channels "
-                        "(inputs.ct.dot), PET zeros"
+                        "(inputs.ct.dot); PET's (inputs.pet.dot) where the manifest lists them, else zeros"
                     }
                     if cfg.dot
                     else {}
@@ -371,7 +371,7 @@ def write_bundle(
         "precision": "int8-dynamic (enc2d, dec_step)" if int8 else "fp32",
         "files": files,
         "config": model.cfg.to_dict(),
-        "inputs": preprocess.spec(dot=model.cfg.dot),
+        "inputs": preprocess.spec(dot=model.cfg.dot, pet_dot=bool(model.cfg.pet_dot)),
         "graphs": outputs_spec(model.cfg),
         "labels": labels,
         "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},

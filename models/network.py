@@ -77,6 +77,10 @@ class NetConfig:
     # chest wall (40 HU) are 0.02 apart, and three of four draws of the recipe with the fine-grid channels lost
     # or nearly lost CT effusion masks in stage 1; radiographs and PET get zeros. 0 keeps older bundles loadable
     water: int = 0
+    # 1: PET slices read their own fine-grid channels in those K slots (``blobs.PET_FINE_CHANNELS``: the hot-blob
+    # dot on the acquired 8 mm slices, zeros in the slots past it): on the model grid's 24 mm slices a 15 mm liver
+    # lesion averages into the liver around it. Only the data changes, not the graph; 0: PET reads zeros there
+    pet_dot: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -473,6 +477,8 @@ class UnifiedModel(nn.Module):
                 parts.append(flat.new_zeros(n * depth, k_fine, s, s))
             else:
                 stacked = dot[:, None] if dot.dim() == 4 else dot
+                if stacked.shape[1] < k_fine:  # a kind with fewer channels (PET: one) reads zeros past them
+                    stacked = F.pad(stacked, (0, 0, 0, 0, 0, 0, 0, k_fine - stacked.shape[1]))
                 parts.append(stacked[:, :k_fine].transpose(1, 2).reshape(n * depth, k_fine, s, s))
         if self.cfg.water:
             if ct is None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dicom_agent.inference.blobs import FINE_CHANNELS, fine_channels
+from dicom_agent.inference.blobs import FINE_CHANNELS, PET_FINE_CHANNELS, fine_channels
 from models.network import CT_WINDOW_HU
 
 IMAGE_SIZE = 128
@@ -24,6 +24,10 @@ CXR_PERCENTILES = (0.5, 99.5)
 # are drawn at it; PET phantoms are drawn 3x finer in z (96 slices of 8 mm) and their slices averaged in threes,
 # since linear resampling at exactly 3x takes every third slice and averages nothing
 DRAWN = {"ct": (2.0, 2.0, 2.0), "pet": (2.0, 2.0, 1.0)}
+# (x, y, z): the grid the fine-grid channels are computed on, this many times finer than the model's: CT's is the
+# grid it is drawn at; PET's keeps the acquired 8 mm slices its model input averages in threes
+FINE = {"ct": DRAWN["ct"], "pet": (2.0, 2.0, 3.0)}
+CHANNELS = {"ct": FINE_CHANNELS, "pet": PET_FINE_CHANNELS}
 
 
 def _cell_mean(kind: str) -> str:
@@ -34,14 +38,15 @@ def _cell_mean(kind: str) -> str:
     )
 
 
-def _fine_words() -> str:
-    x, y, z = DRAWN["ct"]
+def _fine_words(kind: str) -> str:
+    x, y, z = FINE[kind]
     return f"{x:g} x {y:g} x {z:g} times (x, y, z)"
 
 
-def spec(dot: int = 0) -> dict[str, Any]:
+def spec(dot: int = 0, pet_dot: bool = False) -> dict[str, Any]:
     """The manifest's ``inputs`` section (the runtime engineer implements exactly this from DICOM); ``dot``: the
-    model takes the first ``dot`` of CT's fine-grid channels (``NetConfig.dot``, ``blobs.FINE_CHANNELS``)."""
+    model takes the first ``dot`` of CT's fine-grid channels (``NetConfig.dot``, ``blobs.FINE_CHANNELS``);
+    ``pet_dot``: and PET's (``NetConfig.pet_dot``, ``blobs.PET_FINE_CHANNELS``) in the same slots."""
     inputs: dict[str, Any] = {
         "cxr": {
             "graph": "enc2d",
@@ -88,21 +93,9 @@ def spec(dot: int = 0) -> dict[str, Any]:
         },
     }
     if dot:
-        channels = [{**c, "sigmas_mm": list(c["sigmas_mm"])} for c in FINE_CHANNELS[:dot]]
-        inputs["ct"]["dot"] = {
-            "input": "dot",
-            "shape": ["N", len(channels), DEPTH, SLICE_SIZE, SLICE_SIZE],
-            "steps": [
-                f"the windowed HU as above, but on a grid {_fine_words()} finer than the model's (same extent; "
-                "a finer series block-averaged first exactly as above, then trilinear)",
-                "per channel, a Hessian filter (dicom_agent.inference.blobs.hessian_filters: dot = bright blobs, "
-                "tube = dark tubes) with the fine grid's spacing in mm, maximum over its Gaussian scales",
-                "maximum over the fine voxels of each model voxel (max_to_grid), divided by the channel's scale, "
-                "clipped to [0, 1]; channels stacked in the listed order",
-            ],
-            "channels": channels,
-            "fine": list(DRAWN["ct"]),
-        }
+        inputs["ct"]["dot"] = _fine_spec("ct", FINE_CHANNELS[:dot], dot)
+    if dot and pet_dot:
+        inputs["pet"]["dot"] = _fine_spec("pet", PET_FINE_CHANNELS, dot)
     return inputs
 
 
@@ -157,20 +150,43 @@ def prepare_volume(volume: np.ndarray, modality: str) -> np.ndarray:
     return window(resize_3d(volume, DEPTH, SLICE_SIZE, DRAWN[modality]), lo, hi)
 
 
+def _fine_spec(kind: str, channels: Any, slots: int) -> dict[str, Any]:
+    """A kind's ``inputs.<kind>.dot``: how its fine-grid channels are computed (``slots`` wide, zeros past them)."""
+    listed = [{**c, "sigmas_mm": list(c["sigmas_mm"])} for c in channels]
+    lo, hi = CT_WINDOW if kind == "ct" else PET_WINDOW
+    unit = "HU" if kind == "ct" else "SUV"
+    return {
+        "input": "dot",
+        "shape": ["N", slots, DEPTH, SLICE_SIZE, SLICE_SIZE],
+        "steps": [
+            f"the values ({unit}) windowed [{lo:g}, {hi:g}] -> [0, 1] as above, but on a grid {_fine_words(kind)} "
+            "finer than the model's (same extent; a finer series first block-averaged to that resolution, then "
+            "trilinear)",
+            "per channel, a Hessian filter (dicom_agent.inference.blobs.hessian_filters: dot = bright blobs, "
+            "tube = dark tubes) with the fine grid's spacing in mm, maximum over its Gaussian scales",
+            "maximum over the fine voxels of each model voxel (max_to_grid), divided by the channel's scale, "
+            f"clipped to [0, 1]; channels stacked in the listed order, zeros in the slots past them (of {slots})",
+        ],
+        "channels": listed,
+        "fine": list(FINE[kind]),
+    }
+
+
 def fine_shape(kind: str) -> tuple[int, int, int]:
-    """(z, y, x) of the grid the dot channel is computed on: ``DRAWN`` times the model grid."""
-    x, y, z = DRAWN[kind]
+    """(z, y, x) of the grid a kind's fine-grid channels are computed on: ``FINE`` times the model grid."""
+    x, y, z = FINE[kind]
     return int(DEPTH * z), int(SLICE_SIZE * y), int(SLICE_SIZE * x)
 
 
 def prepare_dot(volume: np.ndarray, spacing_zyx: tuple[float, ...], modality: str = "ct") -> np.ndarray:
-    """Generator CT (HU, spacing in mm) -> the model's fine-grid channels (K,DEPTH,S,S) in [0,1], every one of
-    ``blobs.FINE_CHANNELS`` (manifest ``inputs.ct.dot``; a model with fewer reads the first): on the fine grid
-    (the phantoms are drawn on it; another size is brought there as the runtime does, block means then
-    trilinear), windowed, filtered, max-pooled onto the model grid."""
+    """Generator CT (HU) or PET (SUV) volume with its spacing in mm -> the kind's fine-grid channels (K,DEPTH,S,S)
+    in [0,1], every one of ``CHANNELS[modality]`` (manifest ``inputs.<kind>.dot``; a model with fewer reads the
+    first, one with more reads zeros past them): on the fine grid (the phantoms are drawn on it; another size is
+    brought there as the runtime does, block means then trilinear), windowed, filtered, max-pooled onto the model
+    grid."""
     fine = fine_shape(modality)
     extent = [n * s for n, s in zip(volume.shape, spacing_zyx, strict=True)]
     values = resize_3d(volume, fine[0], fine[1], (1.0, 1.0, 1.0)) if volume.shape != fine else volume
-    lo, hi = CT_WINDOW
+    lo, hi = CT_WINDOW if modality == "ct" else PET_WINDOW
     spacing = tuple(e / n for e, n in zip(extent, fine, strict=True))
-    return fine_channels(window(values, lo, hi), spacing, (DEPTH, SLICE_SIZE, SLICE_SIZE))
+    return fine_channels(window(values, lo, hi), spacing, (DEPTH, SLICE_SIZE, SLICE_SIZE), CHANNELS[modality])

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from dicom_agent.inference.onnx_runner import mask_components
 from dicom_agent.inference.types import Finding
 from models.context import LesionFacts, Places, counterfactual, findings_of, findings_text, missed, places_of
-from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples
+from models.dataset import KIND_INDEX, Batch, Sample, collate, make_samples, sample_pool
 from models.labels import LABEL_KEYS, label_entries, label_mask
 from models.network import NetConfig, UnifiedModel, count_parameters
 from models.prompts import TEMPLATES, instruction, with_context
@@ -110,6 +110,9 @@ class TrainConfig:
     # and the dark-tube filter beside it (a second fine-grid channel): the air bronchograms that tell consolidation
     # from a mass are 2-3 mm bronchi, gone on the model grid, where 0.17.0 confused the two (AUROC 0.92 / 0.91)
     tube_channel: bool = True
+    # PET slices see their own hot-blob dot (``NetConfig.pet_dot``) in the first of those slots: the network missed
+    # liver lesions (SUVmax 4.5-10 in a liver of 2-3) that the model grid's 24 mm slices average away (session 37)
+    pet_dot: bool = True
     # and the water band of each CT slice (``NetConfig.water``), for CT effusion masks (session 34)
     water_channel: bool = True
     lr1: float = 2e-3
@@ -684,6 +687,15 @@ def _bundle_start(bundle: Path) -> tuple[UnifiedModel, Tokenizer, dict[str, Any]
     return model, tok, {"bundle": manifest["version"], "files": files, "training": manifest.get("training")}
 
 
+def _fine_channels_for(net: NetConfig, *pools: dict[str, list[Sample]]) -> None:
+    """Drop the PET samples' fine-grid channels where ``net`` does not read them (``NetConfig.pet_dot`` 0: zeros
+    in those slots, as it was trained)."""
+    if not net.pet_dot:
+        for pool in pools:
+            for sample in pool.get("pet", []):
+                sample.dot = None
+
+
 def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, vision_from: Path | None = None) -> Path:
     """Run both stages; writes ``checkpoint.pt``, ``stage1.pt``, ``tokenizer.json`` and ``history.json`` into
     ``out_dir``.
@@ -704,8 +716,9 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
     kinds = available_kinds()
     sizes = {"cxr": cfg.n_cxr, "ct": cfg.n_ct, "pet": cfg.n_pet}
     t0, c0 = time.time(), time.process_time()
-    pools = {k: make_samples(k, sizes[k], TRAIN_SEED) for k in kinds if sizes[k] > 0}
-    val = {k: make_samples(k, cfg.n_val, VAL_SEED) for k in pools}
+    with sample_pool(cfg.threads) as pool:
+        pools = {k: make_samples(k, sizes[k], TRAIN_SEED, pool=pool) for k in kinds if sizes[k] > 0}
+        val = {k: make_samples(k, cfg.n_val, VAL_SEED, pool=pool) for k in pools}
     t_data = time.time() - t0
     log.info("data: %s in %.0fs", {k: len(v) for k, v in pools.items()}, t_data)
     previous: dict[str, Any] | None = None
@@ -724,8 +737,10 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
         sizes["slice_context"] = cfg.slice_context
         sizes["dot"] = int(cfg.dot_channel) * (1 + int(cfg.tube_channel))
         sizes["water"] = int(cfg.water_channel)
+        sizes["pet_dot"] = int(cfg.pet_dot and cfg.dot_channel)
         net = NetConfig(**{**sizes, **cfg.net})
         model = UnifiedModel(net)
+        _fine_channels_for(net, pools, val)
         fit_coarse_stats(model, pools)
         log.info("model: %d parameters, vocab %d", count_parameters(model), net.vocab_size)
         t1 = time.time()
@@ -754,6 +769,7 @@ def train(cfg: TrainConfig, out_dir: Path, stage1_from: Path | None = None, visi
         (out_dir / STAGE1_FILE).write_bytes((stage1_from / STAGE1_FILE).read_bytes())
         log.info("stage 1 from %s (%d steps)", stage1_from, len(h1))
         t2 = time.time()
+    _fine_channels_for(net, pools, val)  # a network from another run or bundle: its own inputs
     collapsed = collapsed_labels(health)
     if collapsed:
         log.error(

@@ -517,6 +517,8 @@ class BundleRunner:
         self.takes_dot = dot_input is not None
         self.dot_stacked = dot_input is not None and len(dot_input.shape) == 5
         self.dot_channels = int(dot_input.shape[1]) if self.dot_stacked and dot_input is not None else 1
+        # the kinds whose own fine-grid channels the graph reads (manifest inputs.<kind>.dot; PET from 0.19.0)
+        self.fine_kinds = {kind for kind, spec in self.manifest.get("inputs", {}).items() if spec.get("dot")}
         log.info("model bundle %s %s on %s", self.manifest["name"], self.manifest["version"], self.providers[0])
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / files["tokenizer"]["path"]))
         special = self.manifest["special_tokens"]
@@ -626,15 +628,20 @@ class BundleRunner:
         return results
 
     def volume_feeds(self, volume: np.ndarray, modality: str, dot: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The volume graph's inputs for one volume (D,s,s): with fine-grid channels, a CT must bring its own (K,D,s,s)
-        (manifest ``inputs.ct.dot``: zeros there would read as "no nodule") and a PET gets zeros."""
+        """The volume graph's inputs for one volume (D,s,s): with fine-grid channels, a kind the manifest lists them
+        for (``inputs.<kind>.dot``) must bring its own (K,D,s,s) (zeros there would read as "no lesion"; fewer than
+        the graph's K are followed by zeros), another kind gets zeros whatever it brings."""
         feeds = {"volume": volume[None], "modality": np.array([MODALITY_INDEX[modality]], np.int64)}
         if self.takes_dot:
-            if dot is None and modality == "ct":
-                raise ValueError("this bundle's CT input has fine-grid channels (manifest inputs.ct.dot); none given")
+            if dot is None and modality in self.fine_kinds:
+                raise ValueError(
+                    f"this bundle's {modality} input takes fine-grid channels (inputs.{modality}.dot); none given"
+                )
             k = self.dot_channels
-            fine = np.zeros((k, *volume.shape), np.float32) if dot is None else np.asarray(dot, np.float32)
-            fine = fine.reshape(-1, *volume.shape)[:k]
+            fine = np.zeros((k, *volume.shape), np.float32)
+            if dot is not None and modality in self.fine_kinds:
+                given = np.asarray(dot, np.float32).reshape(-1, *volume.shape)[:k]
+                fine[: len(given)] = given
             feeds["dot"] = fine[None] if self.dot_stacked else fine[:1]
         return feeds
 

@@ -293,7 +293,11 @@ def to_model_grid(
     )
     if grid.fine is not None:
         finer = finer_grid(reference, grid.fine)
-        fine = sitk.Resample(sampled, finer, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
+        # the fine grid's own resolution: CT's is the model's training resolution (the same blocks), PET's keeps
+        # the acquired slices its model input averages
+        fine_blocks = cell_blocks(oriented, reference, grid.fine)
+        on_fine = sampled if fine_blocks == blocks else block_mean(oriented, fine_blocks)
+        fine = sitk.Resample(on_fine, finer, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
         volume.fine = sitk.GetArrayFromImage(fine).astype(np.float32)
         x, y, z = finer.GetSpacing()
         volume.fine_spacing = (z, y, x)

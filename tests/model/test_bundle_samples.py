@@ -17,6 +17,7 @@ from pydicom import dcmread
 from dicom_agent.inference.bundle_adapter import BundleAdapter
 from dicom_agent.inference.parse import parse
 from dicom_agent.inference.types import SeriesInput, StudyFindings, StudyInput
+from models.evaluate import phantom_case_study
 from models.terminology import LABELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,9 +55,11 @@ def test_sample_findings_include_drawn_labels(predicted: tuple[str, StudyFinding
 def test_focal_findings_have_boxes_on_source_images(predicted: tuple[str, StudyFindings, dict[str, Any]]) -> None:
     kind, result, truth = predicted
     sop_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (SAMPLES / kind).glob("*.dcm")}
-    # the focal findings reported (0.18.x reports the sample radiograph's two nodules as masses: docs/model.md)
+    # the focal findings reported: the sample radiograph's two nodules (among both effusions, a pneumothorax and
+    # cardiomegaly) were masses to 0.18.x and are missed by 0.19.0 (docs/model.md), so a radiograph's boxes are
+    # also checked on a phantom with one mass (test_a_radiograph_mass_is_boxed_on_its_image)
     focal = [f for f in result.present if LABELS[f.label].focal]
-    assert [f for f in focal if f.boxes], (kind, [f.label for f in result.present])
+    assert kind == "cxr" or [f for f in focal if f.boxes], (kind, [f.label for f in result.present])
     rows, cols = truth["shape"][-2:]
     for finding in focal:
         assert finding.boxes
@@ -91,15 +94,42 @@ def test_report_text_in_both_languages_states_the_same_findings(
     assert all(f.text_en and f.text_zh for f in result.present)
 
 
-def test_vqa_answers_are_checked_against_the_findings_of_record(adapter: BundleAdapter) -> None:
-    """The sample radiograph through the shipped bundle: its location answer names the heads' place (0.9.0's decoder
-    copies it from the findings text), and an answer naming another place gets a note naming the heads' one."""
-    study, _ = _study("cxr")
-    analysis = adapter.analyse(study)
-    # the sample's nodule (0.17.0), or the masses 0.18.0 reports in its place
-    found = [f for f in analysis.inputs[0].findings if f.present and f.label in ("nodule", "mass") and f.location]
-    assert found, "the sample radiograph's focal lesion is found and placed"
-    label = "nodule" if any(f.label == "nodule" for f in found) else "mass"
+@pytest.fixture(scope="module")
+def one_mass(adapter: BundleAdapter, tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyInput, Any, Any]:
+    """The first validation radiograph whose only drawn finding is a mass (a 36 mm left upper lobe mass, seed
+    500013; chosen by what is drawn, not by what the bundle reports), as DICOM through the adapter: (study, case,
+    analysis). 0.18.1 and 0.19.0 both report it as a consolidation in the left upper lobe."""
+    case, study = phantom_case_study("cxr", 500_013, tmp_path_factory.mktemp("one-mass"))
+    assert [les.label for les in case.lesions] == ["mass"]
+    return study, case, adapter.analyse(study)
+
+
+def test_a_radiograph_mass_is_boxed_on_its_image(one_mass: tuple[StudyInput, Any, Any]) -> None:
+    """The radiograph's focal finding is placed where the mass is drawn, its box on the source image's pixel grid
+    over the drawn box."""
+    study, case, analysis = one_mass
+    focal = [f for f in analysis.inputs[0].findings if f.present and LABELS[f.label].focal]
+    assert focal, "the mass is found"
+    drawn = case.lesions[0]
+    uid = str(dcmread(study.series[0].files[0], stop_before_pixels=True).SOPInstanceUID)
+    at_mass = [f for f in focal if f.location == drawn.location and f.boxes]
+    assert at_mass
+    x0, y0, x1, y1 = drawn.box
+    for box in at_mass[0].boxes:
+        assert box.image.sop_instance_uid == uid
+        overlap = max(0.0, min(x1, box.x1) - max(x0, box.x0)) * max(0.0, min(y1, box.y1) - max(y0, box.y0))
+        assert overlap > 0.3 * (x1 - x0) * (y1 - y0)
+
+
+def test_vqa_answers_are_checked_against_the_findings_of_record(
+    adapter: BundleAdapter, one_mass: tuple[StudyInput, Any, Any]
+) -> None:
+    """A radiograph through the shipped bundle: its location answer names the heads' place (0.9.0's decoder copies
+    it from the findings text), and an answer naming another place gets a note naming the heads' one."""
+    _, _, analysis = one_mass
+    found = [f for f in analysis.inputs[0].findings if f.present and LABELS[f.label].focal and f.location]
+    assert found, "the radiograph's focal lesion is found and placed"
+    label = found[0].label
     largest = max((f for f in found if f.label == label), key=lambda f: f.size_mm or 0.0)
     question = f"Where is the largest {label}?"
     said = adapter.answer(analysis, question, "en")

@@ -201,8 +201,9 @@ def test_slice_context_tells_a_dot_that_ends_from_a_vessel_that_goes_on() -> Non
 
 def test_fine_channels_come_last_and_are_zero_without_them() -> None:
     """``NetConfig.dot``: CT slices carry their first K fine-grid channels after the slice and its differences;
-    radiographs and volumes given none (PET) get zeros there, so the same encoder serves all three. One channel
-    may come as (N,D,S,S) (0.17.0's layout)."""
+    radiographs and volumes given none get zeros there, so the same encoder serves all three; a volume given fewer
+    (PET's one, ``NetConfig.pet_dot``) gets zeros after them. One channel may come as (N,D,S,S) (0.17.0's
+    layout)."""
     model = UnifiedModel(replace(TINY, slice_context=1, dot=2))
     assert model.encoder.s1[0].in_channels == 5
     volume, fine = torch.rand(2, 5, 64, 64), torch.rand(2, 3, 5, 64, 64)  # a third channel the model does not take
@@ -212,6 +213,8 @@ def test_fine_channels_come_last_and_are_zero_without_them() -> None:
     assert torch.equal(x[:, :3], model.with_context(volume)[:, :3])
     assert model.with_context(volume)[:, 3:].abs().max() == 0
     assert model.with_context(torch.rand(2, 1, 128, 128))[:, 3:].abs().max() == 0
+    fewer = model.with_context(volume, fine[:, :1])
+    assert torch.equal(fewer[:, 3], fine[:, 0].reshape(10, 64, 64)) and fewer[:, 4].abs().max() == 0
     out = model.forward_3d(volume, torch.tensor([1, 1]), fine)
     assert out["logits"].shape == (2, TINY.n_labels)
     assert not torch.equal(out["logits"], model.forward_3d(volume, torch.tensor([1, 1]))["logits"])

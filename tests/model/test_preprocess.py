@@ -16,8 +16,8 @@ BUNDLE = Path(__file__).resolve().parents[2] / "models" / "bundled"
 
 def test_the_shipped_manifest_declares_the_training_preprocessing() -> None:
     manifest = json.loads((BUNDLE / "manifest.json").read_text(encoding="utf-8"))
-    dot = int(manifest["config"].get("dot", 0))
-    assert manifest["inputs"] == json.loads(json.dumps(preprocess.spec(dot=dot)))
+    dot, pet_dot = int(manifest["config"].get("dot", 0)), bool(manifest["config"].get("pet_dot", 0))
+    assert manifest["inputs"] == json.loads(json.dumps(preprocess.spec(dot=dot, pet_dot=pet_dot)))
 
 
 def test_drawn_whole_blocks_of_the_phantoms() -> None:
@@ -49,3 +49,33 @@ def test_a_thin_pet_lesion_keeps_its_training_target() -> None:
     small = dataset._resize_mask(mask, (preprocess.DEPTH, preprocess.SLICE_SIZE, preprocess.SLICE_SIZE), "pet")
     assert np.flatnonzero(small.any(axis=(1, 2))).tolist() == [10]
     assert small[10, 30:34, 30:34].all() and small.sum() == 16
+
+
+def test_pet_samples_carry_their_dot_unless_the_network_reads_none() -> None:
+    """A PET phantom's sample holds its one fine-grid channel (the hot-blob dot on the acquired slices, brightest
+    at a drawn lesion); training drops it for a network without ``pet_dot`` (a stage 1 or bundle from before it),
+    which learnt on zeros there."""
+    from models.network import NetConfig
+    from models.train import _fine_channels_for
+
+    samples = dataset.make_samples("pet", 6, 1_000)
+    assert all(s.dot is not None and s.dot.shape == (1, *s.image.shape) for s in samples)
+    with_lesion = next(s for s in samples if s.cls.any())
+    dot = np.asarray(with_lesion.dot[0], np.float32)
+    assert dot[with_lesion.cls > 0].max() > 0.1
+    _fine_channels_for(NetConfig(pet_dot=1), {"pet": samples})
+    assert all(s.dot is not None for s in samples)
+    _fine_channels_for(NetConfig(pet_dot=0), {"pet": samples}, {"pet": samples[:2]})
+    assert all(s.dot is None for s in samples)
+
+
+def test_samples_made_in_processes_are_the_ones_made_here() -> None:
+    """Training makes its phantoms on all its cores (``sample_pool``); each is seeded on its own, so the samples,
+    their order and their fine-grid channels are those made one by one."""
+    here = dataset.make_samples("pet", 3, 1_000) + dataset.make_samples("ct", 2, 1_000)
+    with dataset.sample_pool(2) as pool:
+        there = dataset.make_samples("pet", 3, 1_000, pool=pool) + dataset.make_samples("ct", 2, 1_000, pool=pool)
+    assert [s.kind for s in there] == [s.kind for s in here]
+    for a, b in zip(here, there, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.cls, b.cls) and a.report == b.report
+        assert a.dot is not None and b.dot is not None and np.array_equal(a.dot, b.dot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +146,12 @@ def test_onnx_runtime_matches_torch_on_fresh_inputs(smoke_run: Path, smoke_bundl
     np.testing.assert_allclose(res[1].mask_probs, torch.sigmoid(o["seg"][1]).numpy(), atol=1e-4)
 
     volume = rng.random((cfg.depth, cfg.slice_size, cfg.slice_size), dtype=np.float32)
-    r3 = runner.run_3d(volume, "pet")
-    o3 = model.forward_3d(torch.from_numpy(volume[None]), torch.tensor([2]))
+    # PET with its one fine-grid channel (the recipe's pet_dot): the runner fills the graph's second slot with
+    # zeros as the network does
+    assert cfg.pet_dot and "pet" in runner.fine_kinds
+    pet_dot = rng.random((1, cfg.depth, cfg.slice_size, cfg.slice_size), dtype=np.float32)
+    r3 = runner.run_3d(volume, "pet", pet_dot)
+    o3 = model.forward_3d(torch.from_numpy(volume[None]), torch.tensor([2]), torch.from_numpy(pet_dot[None]))
     np.testing.assert_allclose(
         [r3.probabilities[k] for k in runner.label_keys], torch.sigmoid(o3["logits"][0]).numpy(), atol=1e-4
     )
@@ -161,8 +166,9 @@ def test_onnx_runtime_matches_torch_on_fresh_inputs(smoke_run: Path, smoke_bundl
         [ct.probabilities[k] for k in runner.label_keys], torch.sigmoid(o_ct["logits"][0]).numpy(), atol=1e-4
     )
     np.testing.assert_allclose(ct.mask_probs, torch.sigmoid(o_ct["seg"][0]).numpy(), atol=1e-4)
-    with pytest.raises(ValueError, match="fine-grid channels"):
-        runner.run_3d(volume, "ct")  # zeros would read as "no nodule": refused
+    for kind in ("ct", "pet"):
+        with pytest.raises(ValueError, match="fine-grid channels"):
+            runner.run_3d(volume, kind)  # zeros would read as "no lesion": refused
 
     tok = runner.tokenizer
     eos = tok.token_to_id("<eos>")
@@ -176,6 +182,26 @@ def test_onnx_runtime_matches_torch_on_fresh_inputs(smoke_run: Path, smoke_bundl
                 memory = o["memory"][2:3]
             ort_ids = runner.generate_ids(feats, prompt, max_tokens=24)
             assert ort_ids == _torch_greedy(model, memory, prompt, eos, 24)
+
+
+def test_a_bundle_without_pet_channels_feeds_pet_zeros(smoke_bundle: Path, tmp_path: Path) -> None:
+    """The runner fills a volume's fine-grid slots from what it is given only for the kinds the manifest lists
+    (``inputs.<kind>.dot``): a bundle from before PET's channel (0.18.x) was trained on zeros there."""
+    runner = BundleRunner(smoke_bundle, device="cpu")
+    cfg = runner.config
+    volume = np.random.default_rng(5).random((cfg["depth"], cfg["slice_size"], cfg["slice_size"]), dtype=np.float32)
+    given = np.ones((1, *volume.shape), np.float32)
+    fed = runner.volume_feeds(volume, "pet", given)["dot"]
+    assert fed.shape == (1, 2, *volume.shape) and fed[0, 0].min() == 1.0 and fed[0, 1].max() == 0.0
+    older = tmp_path / "older"
+    shutil.copytree(smoke_bundle, older)
+    manifest = json.loads((older / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["inputs"]["pet"]["dot"]
+    (older / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    runner = BundleRunner(older, device="cpu")
+    assert runner.fine_kinds == {"ct"}
+    assert runner.volume_feeds(volume, "pet", given)["dot"].max() == 0.0
+    assert runner.run_3d(volume, "pet").probabilities  # and needs none
 
 
 def test_runtime_prompt_with_findings_is_the_training_prompt(smoke_bundle: Path) -> None:

@@ -1,6 +1,7 @@
-"""CT's fine-grid channels: the Hessian blob filter sets spheres apart from tubes, the dark-tube filter marks air
-bronchi in dense tissue and not a solid mass, and the runtime computes from a DICOM geometry exactly what training
-computes from a phantom array."""
+"""The fine-grid channels: the Hessian blob filter sets spheres apart from tubes, the dark-tube filter marks air
+bronchi in dense tissue and not a solid mass, PET's hot-blob dot sets a liver lesion apart from the liver that the
+model grid averages it into, and the runtime computes from a DICOM geometry exactly what training computes from a
+phantom array."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import SimpleITK as sitk
 
 from dicom_agent.inference.blobs import (
     FINE_CHANNELS,
+    PET_FINE_CHANNELS,
     _eigenvalues,
     dot_enhance,
     fine_channels,
@@ -18,9 +20,10 @@ from dicom_agent.inference.blobs import (
     tube_enhance,
 )
 from dicom_agent.inference.volume import VolumeGrid, to_model_grid, window
-from models.preprocess import CT_WINDOW, DEPTH, DRAWN, SLICE_SIZE, prepare_dot
+from models.preprocess import CT_WINDOW, DEPTH, DRAWN, FINE, PET_WINDOW, SLICE_SIZE, prepare_dot, prepare_volume
 
 SPACING = (5.0, 2.75, 2.75)  # (z, y, x) mm: the CT phantoms' grid
+PET_SPACING = (8.0, 4.0, 4.0)  # (z, y, x) mm: the PET phantoms' grid (96 slices of 128²)
 
 
 def _lung(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -91,32 +94,69 @@ def test_max_to_grid_covers_every_voxel() -> None:
     assert np.array_equal(max_to_grid(exact, (2, 2, 2)), exact.reshape(2, 2, 2, 2, 2, 2).max(axis=(1, 3, 5)))
 
 
+def _warm_liver(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+    """A PET body (SUV 0.7) with a liver (2.5) holding a 15 mm lesion of SUVmax 5.5 (the phantoms' profile: half
+    the peak at its edge), Poisson-like noise; returns the values, the lesion and the liver 30 mm or more from it."""
+    rng = np.random.default_rng(3)
+    z, y, x = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    values = np.full(shape, 0.7, np.float32)
+    liver = ((z - 380.0) / 90.0) ** 2 + ((y - 256.0) / 90.0) ** 2 + ((x - 180.0) / 100.0) ** 2 <= 1.0
+    values[liver] = 2.5
+    distance = np.sqrt((z - 372.0) ** 2 + (y - 250.0) ** 2 + (x - 170.0) ** 2)
+    lesion = distance <= 7.5
+    values = np.maximum(values, np.where(lesion, 5.5 * (1.0 - 0.5 * (distance / 7.5) ** 2), 0.0)).astype(np.float32)
+    values += rng.normal(0.0, 0.15, shape).astype(np.float32) * np.sqrt(values)
+    return values, lesion, liver & (distance > 30.0)
+
+
+def test_a_liver_lesion_stands_out_in_the_pet_dot_and_not_on_the_model_grid() -> None:
+    """On the model grid's 24 mm slices a 15 mm lesion of SUVmax 5.5 in a liver of 2.5 is hardly brighter than the
+    liver (measured 1.17x its brightest voxel); PET's hot-blob dot, computed on the acquired 8 mm slices and
+    max-pooled, sets it apart (2.4x)."""
+    values, lesion, liver = _warm_liver((96, 128, 128), PET_SPACING)
+    dot, image = prepare_dot(values, PET_SPACING, "pet"), prepare_volume(values, "pet")
+    assert dot.shape == (len(PET_FINE_CHANNELS), DEPTH, SLICE_SIZE, SLICE_SIZE)
+    grid = (DEPTH, SLICE_SIZE, SLICE_SIZE)
+    at = max_to_grid(lesion.astype(np.float32), grid) > 0
+    rest = (max_to_grid(liver.astype(np.float32), grid) > 0) & ~at
+    assert image[at].max() < 1.3 * image[rest].max()
+    assert dot[0][at].max() > 2.0 * dot[0][rest].max()
+
+
 @pytest.mark.parametrize(
-    ("shape", "spacing_xyz"),
+    ("kind", "shape", "spacing_xyz"),
     [
-        ((64, 128, 128), (2.75, 2.75, 5.0)),  # the phantoms' grid
-        ((128, 256, 256), (1.4, 1.4, 2.5)),  # twice as fine: block means first
-        ((97, 333, 290), (1.2, 1.0, 3.3)),  # neither
+        ("ct", (64, 128, 128), (2.75, 2.75, 5.0)),  # the phantoms' grid
+        ("ct", (128, 256, 256), (1.4, 1.4, 2.5)),  # twice as fine: block means first
+        ("ct", (97, 333, 290), (1.2, 1.0, 3.3)),  # neither
+        ("pet", (96, 128, 128), (4.0, 4.0, 8.0)),  # the phantoms' grid: the fine grid keeps its slices
+        ("pet", (250, 200, 200), (2.6, 2.6, 3.1)),  # finer: block means first (two slices in z)
     ],
 )
 def test_runtime_fine_channels_are_the_training_ones(
-    shape: tuple[int, int, int], spacing_xyz: tuple[float, ...]
+    kind: str, shape: tuple[int, int, int], spacing_xyz: tuple[float, ...]
 ) -> None:
     """``to_model_grid`` with the manifest's fine grid, windowed and filtered as the adapter does, equals
-    ``models.preprocess.prepare_dot`` on the same array (nodules of 6-14 mm in noisy lung)."""
+    ``models.preprocess.prepare_dot`` on the same array (CT: nodules of 6-14 mm in noisy lung; PET: a lesion in
+    a warm liver)."""
     spacing_zyx = spacing_xyz[::-1]
-    values, (z, y, x) = _lung(shape, spacing_zyx)
-    extent = [n * s for n, s in zip(shape, spacing_zyx, strict=True)]
-    for i, radius in enumerate((3.0, 5.0, 7.0)):
-        centre = [e * f for e, f in zip(extent, (0.3 + 0.2 * i, 0.4, 0.35 + 0.15 * i), strict=True)]
-        values[(z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2] = 40.0
+    if kind == "ct":
+        values, (z, y, x) = _lung(shape, spacing_zyx)
+        extent = [n * s for n, s in zip(shape, spacing_zyx, strict=True)]
+        for i, radius in enumerate((3.0, 5.0, 7.0)):
+            centre = [e * f for e, f in zip(extent, (0.3 + 0.2 * i, 0.4, 0.35 + 0.15 * i), strict=True)]
+            values[(z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2] = 40.0
+    else:
+        values = _warm_liver(shape, spacing_zyx)[0]
     image = sitk.GetImageFromArray(values)
     image.SetSpacing(spacing_xyz)
-    grid = VolumeGrid(depth=DEPTH, size=SLICE_SIZE, keep_aspect=False, drawn=DRAWN["ct"], fine=DRAWN["ct"])
-    volume = to_model_grid(image, grid, "HU")
+    grid = VolumeGrid(depth=DEPTH, size=SLICE_SIZE, keep_aspect=False, drawn=DRAWN[kind], fine=FINE[kind])
+    volume = to_model_grid(image, grid, "HU" if kind == "ct" else "SUV")
     assert volume.fine is not None and volume.fine_spacing is not None
-    runtime = fine_channels(window(volume.fine, *CT_WINDOW), volume.fine_spacing, volume.values.shape)
-    training = prepare_dot(values, spacing_zyx)
-    assert runtime.shape == training.shape == (len(FINE_CHANNELS), DEPTH, SLICE_SIZE, SLICE_SIZE)
-    assert training[0].max() > 0.3  # the nodules are there
+    channels = FINE_CHANNELS if kind == "ct" else PET_FINE_CHANNELS
+    lo, hi = CT_WINDOW if kind == "ct" else PET_WINDOW
+    runtime = fine_channels(window(volume.fine, lo, hi), volume.fine_spacing, volume.values.shape, channels)
+    training = prepare_dot(values, spacing_zyx, kind)
+    assert runtime.shape == training.shape == (len(channels), DEPTH, SLICE_SIZE, SLICE_SIZE)
+    assert training[0].max() > (0.3 if kind == "ct" else 0.05)  # the lesions are there (PET's: 0.1)
     assert np.abs(runtime - training).max() < 2e-3
