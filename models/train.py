@@ -110,11 +110,11 @@ class TrainConfig:
     # and the dark-tube filter beside it (a second fine-grid channel): the air bronchograms that tell consolidation
     # from a mass are 2-3 mm bronchi, gone on the model grid, where 0.17.0 confused the two (AUROC 0.92 / 0.91)
     tube_channel: bool = True
-    # PET slices see their own hot-blob dot (``NetConfig.pet_dot``) in the first of those slots: the network missed
-    # liver lesions (SUVmax 4.5-10 in a liver of 2-3) that the model grid's 24 mm slices average away (session 37)
-    pet_dot: bool = True
     # and the water band of each CT slice (``NetConfig.water``), for CT effusion masks (session 34)
     water_channel: bool = True
+    # PET slices see their own hot-blob dot (``NetConfig.pet_dot``) in the first fine-grid slot: the network missed
+    # liver lesions (SUVmax 4.5-10 in a liver of 2-3) that the model grid's 24 mm slices average away (session 37)
+    pet_dot: bool = True
     lr1: float = 2e-3
     lr2: float = 1.5e-3
     clip1: float = 50.0  # stage-1 grad-norm clip: the heads' norm is ~45, a clip of 2 scaled every step ~20x down
