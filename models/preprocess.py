@@ -28,6 +28,7 @@ DRAWN = {"ct": (2.0, 2.0, 2.0), "pet": (2.0, 2.0, 1.0)}
 # grid it is drawn at; PET's keeps the acquired 8 mm slices its model input averages in threes
 FINE = {"ct": DRAWN["ct"], "pet": (2.0, 2.0, 3.0)}
 CHANNELS = {"ct": FINE_CHANNELS, "pet": PET_FINE_CHANNELS}
+WINDOWS = {"ct": CT_WINDOW, "pet": PET_WINDOW}
 
 
 def _cell_mean(kind: str) -> str:
@@ -146,14 +147,14 @@ def prepare_cxr(image: np.ndarray) -> np.ndarray:
 
 def prepare_volume(volume: np.ndarray, modality: str) -> np.ndarray:
     """Generator CT (HU) or PET (SUV) volume (D,H,W) -> model input (DEPTH,S,S) in [0,1]."""
-    lo, hi = CT_WINDOW if modality == "ct" else PET_WINDOW
+    lo, hi = WINDOWS[modality]
     return window(resize_3d(volume, DEPTH, SLICE_SIZE, DRAWN[modality]), lo, hi)
 
 
 def _fine_spec(kind: str, channels: Any, slots: int) -> dict[str, Any]:
     """A kind's ``inputs.<kind>.dot``: how its fine-grid channels are computed (``slots`` wide, zeros past them)."""
     listed = [{**c, "sigmas_mm": list(c["sigmas_mm"])} for c in channels]
-    lo, hi = CT_WINDOW if kind == "ct" else PET_WINDOW
+    lo, hi = WINDOWS[kind]
     unit = "HU" if kind == "ct" else "SUV"
     return {
         "input": "dot",
@@ -187,6 +188,6 @@ def prepare_dot(volume: np.ndarray, spacing_zyx: tuple[float, ...], modality: st
     fine = fine_shape(modality)
     extent = [n * s for n, s in zip(volume.shape, spacing_zyx, strict=True)]
     values = resize_3d(volume, fine[0], fine[1], (1.0, 1.0, 1.0)) if volume.shape != fine else volume
-    lo, hi = CT_WINDOW if modality == "ct" else PET_WINDOW
+    lo, hi = WINDOWS[modality]
     spacing = tuple(e / n for e, n in zip(extent, fine, strict=True))
     return fine_channels(window(values, lo, hi), spacing, (DEPTH, SLICE_SIZE, SLICE_SIZE), CHANNELS[modality])

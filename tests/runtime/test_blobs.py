@@ -10,7 +10,6 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_agent.inference.blobs import (
-    FINE_CHANNELS,
     PET_FINE_CHANNELS,
     _eigenvalues,
     dot_enhance,
@@ -20,7 +19,17 @@ from dicom_agent.inference.blobs import (
     tube_enhance,
 )
 from dicom_agent.inference.volume import VolumeGrid, to_model_grid, window
-from models.preprocess import CT_WINDOW, DEPTH, DRAWN, FINE, PET_WINDOW, SLICE_SIZE, prepare_dot, prepare_volume
+from models.preprocess import (
+    CHANNELS,
+    CT_WINDOW,
+    DEPTH,
+    DRAWN,
+    FINE,
+    SLICE_SIZE,
+    WINDOWS,
+    prepare_dot,
+    prepare_volume,
+)
 
 SPACING = (5.0, 2.75, 2.75)  # (z, y, x) mm: the CT phantoms' grid
 PET_SPACING = (8.0, 4.0, 4.0)  # (z, y, x) mm: the PET phantoms' grid (96 slices of 128²)
@@ -153,8 +162,7 @@ def test_runtime_fine_channels_are_the_training_ones(
     grid = VolumeGrid(depth=DEPTH, size=SLICE_SIZE, keep_aspect=False, drawn=DRAWN[kind], fine=FINE[kind])
     volume = to_model_grid(image, grid, "HU" if kind == "ct" else "SUV")
     assert volume.fine is not None and volume.fine_spacing is not None
-    channels = FINE_CHANNELS if kind == "ct" else PET_FINE_CHANNELS
-    lo, hi = CT_WINDOW if kind == "ct" else PET_WINDOW
+    channels, (lo, hi) = CHANNELS[kind], WINDOWS[kind]
     runtime = fine_channels(window(volume.fine, lo, hi), volume.fine_spacing, volume.values.shape, channels)
     training = prepare_dot(values, spacing_zyx, kind)
     assert runtime.shape == training.shape == (len(channels), DEPTH, SLICE_SIZE, SLICE_SIZE)
