@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate, fluid_only
-from models.dataset import Sample, make_samples
+from models.dataset import Sample, make_samples, sample_pool
 from models.evaluate import decode, dice, raw_outputs, structured_metrics
 from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.preprocess import CT_WINDOW
@@ -357,11 +357,11 @@ def choose_thresholds(kind: str, samples: list[Sample], raws: list[dict[str, Any
     }
 
 
-def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
+def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED, workers: int = 2) -> dict[str, Any]:
     """The manifest's ``decoding`` choices for ``bundle``, measured on ``cases`` validation phantoms per kind
     (the graphs run once per case): ``thresholds``, ``mask_thresholds``, ``delineation``, ``fluid``,
     ``fluid_band``, ``box_source``, ``rival_factor``, ``unsided`` and, under ``calibration``, the Dice,
-    side-precision and mAP tables behind them."""
+    side-precision and mAP tables behind them. The phantoms are made in ``workers`` processes (the same ones)."""
     from dicom_agent.inference.onnx_runner import BundleRunner
     from models.train import available_kinds
 
@@ -387,39 +387,40 @@ def calibrate(bundle: Path, cases: int, seed: int = VAL_SEED) -> dict[str, Any]:
     band_table: dict[str, Any] = {}
     side_table: dict[str, Any] = {}
     rival_table: dict[str, Any] = {}
-    for kind in [k for k in KINDS if k in available_kinds()]:
-        samples = make_samples(kind, cases, seed)
-        raws = list(raw_outputs(runner, samples))
-        out["thresholds"][kind] = runner.thresholds[kind] = choose_thresholds(kind, samples, raws)
-        thresholds, dice_table[kind] = choose_mask_thresholds(runner, samples, raws)
-        if thresholds:
-            out["mask_thresholds"][kind] = thresholds
-            runner.mask_thresholds[kind] = thresholds
-        fractions, outline_table[kind] = choose_delineation(runner, samples, raws)
-        if fractions:
-            out["delineation"][kind] = fractions
-            runner.delineation[kind] = fractions
-        if kind in FLUID_LABELS:
-            levels, fluid_table[kind] = choose_fluid(runner, samples, raws)
-            if levels:
-                out["fluid"][kind] = runner.fluid[kind] = levels
-            # a band is tried at each label's best level, chosen alone or not
-            tries = {key: levels.get(key, best_option(row)) for key, row in fluid_table[kind].items()}
-            bands, band_table[kind] = choose_fluid_bands(runner, samples, raws, tries)
-            if bands:
-                out["fluid"][kind] = runner.fluid[kind] = levels | {key: tries[key] for key in bands}
-                runner.fluid_band[kind] = bands
-                out["fluid_band"][kind] = {key: list(band) for key, band in bands.items()}
-        sources = choose_box_sources(runner, samples, raws)
-        if sources:
-            out["box_source"][kind] = runner.box_source[kind] = sources
-        factor, rival_table[kind] = choose_rival_factor(runner, samples, raws)
-        if factor is not None:
-            out["rival_factor"][kind] = runner.rival_factor[kind] = factor
-        unsided, side_table[kind] = choose_unsided(runner, samples, raws)
-        if unsided:
-            out["unsided"][kind] = unsided
-        del raws  # one kind's raw outputs at a time (300 volumes: 1.4 GB)
+    with sample_pool(workers) as pool:  # the phantoms; the choices run here
+        for kind in [k for k in KINDS if k in available_kinds()]:
+            samples = make_samples(kind, cases, seed, pool=pool)
+            raws = list(raw_outputs(runner, samples))
+            out["thresholds"][kind] = runner.thresholds[kind] = choose_thresholds(kind, samples, raws)
+            thresholds, dice_table[kind] = choose_mask_thresholds(runner, samples, raws)
+            if thresholds:
+                out["mask_thresholds"][kind] = thresholds
+                runner.mask_thresholds[kind] = thresholds
+            fractions, outline_table[kind] = choose_delineation(runner, samples, raws)
+            if fractions:
+                out["delineation"][kind] = fractions
+                runner.delineation[kind] = fractions
+            if kind in FLUID_LABELS:
+                levels, fluid_table[kind] = choose_fluid(runner, samples, raws)
+                if levels:
+                    out["fluid"][kind] = runner.fluid[kind] = levels
+                # a band is tried at each label's best level, chosen alone or not
+                tries = {key: levels.get(key, best_option(row)) for key, row in fluid_table[kind].items()}
+                bands, band_table[kind] = choose_fluid_bands(runner, samples, raws, tries)
+                if bands:
+                    out["fluid"][kind] = runner.fluid[kind] = levels | {key: tries[key] for key in bands}
+                    runner.fluid_band[kind] = bands
+                    out["fluid_band"][kind] = {key: list(band) for key, band in bands.items()}
+            sources = choose_box_sources(runner, samples, raws)
+            if sources:
+                out["box_source"][kind] = runner.box_source[kind] = sources
+            factor, rival_table[kind] = choose_rival_factor(runner, samples, raws)
+            if factor is not None:
+                out["rival_factor"][kind] = runner.rival_factor[kind] = factor
+            unsided, side_table[kind] = choose_unsided(runner, samples, raws)
+            if unsided:
+                out["unsided"][kind] = unsided
+            del raws  # one kind's raw outputs at a time (300 volumes: 1.4 GB)
     out["calibration"]["mask_dice"] = dice_table
     out["calibration"]["delineation_dice"] = outline_table
     out["calibration"]["fluid_dice"] = fluid_table

@@ -18,7 +18,8 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from dicom_agent.inference.agreement import NO as ANSWER_NO
 from dicom_agent.inference.agreement import YES as ANSWER_YES
 from dicom_agent.inference.agreement import largest_located, normalize_answer
 from dicom_agent.inference.onnx_runner import box_iou
-from models.dataset import Batch, Sample, collate, make_samples
+from models.dataset import Batch, Sample, collate, make_samples, sample_pool
 from models.export import write_manifest
 from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.network import UnifiedModel
@@ -62,6 +63,7 @@ class EvalConfig:
     narrative_cases: int = 40  # of those, the first ones whose decoder narrative is written and checked (slow)
     kinds: tuple[str, ...] = KINDS
     seed: int = EVAL_SEED
+    workers: int = 2  # processes the phantoms and the runtime's cases run in (the figures do not depend on it)
 
 
 @torch.no_grad()
@@ -373,6 +375,18 @@ class _VqaTally:
         if qkind == "location" and where is not None:
             self.where_disagree.append(int(dec != normalize_answer(where[lang])))
 
+    def merge(self, other: _VqaTally) -> None:
+        """Add ``other``'s answers after this tally's (the cases that follow, tallied in another process)."""
+        for lang, oks in other.correct.items():
+            self.correct[lang].extend(oks)
+        for qkind, oks in other.by_kind.items():
+            self.by_kind[qkind].extend(oks)
+        self.disagree.extend(other.disagree)
+        self.where_disagree.extend(other.where_disagree)
+        for family, seen in other.answers_seen.items():
+            self.answers_seen[family].update(seen)  # new answers after the known ones: ties break as in one pass
+        self.records.extend(other.records)
+
     def summary(self) -> dict[str, Any]:
         # prior: always give the most frequent answer of the question's family (language, kind, finding)
         prior = [int(ans == self.answers_seen[fam].most_common(1)[0][0]) for fam, ans in self.records]
@@ -402,6 +416,7 @@ def runtime_metrics(
     controls: bool = True,
     narrative: bool = True,
     narrative_cases: int | None = None,
+    pool: Executor | None = None,
 ) -> dict[str, Any]:
     """What a user gets from the node, end to end: phantoms written as DICOM and run through
     :class:`~dicom_agent.inference.bundle_adapter.BundleAdapter` (the runtime's preprocessing, heads, map-back,
@@ -417,33 +432,141 @@ def runtime_metrics(
     (whole mm), per label shown by both (:func:`largest_sizes`).
     ``vqa``: every question of the first ``vqa_cases`` cases asked through ``BundleAdapter.answer`` (the
     decoder's prompt carries the findings when the bundle takes them); controls: the same questions about a
-    blank image (the model input replaced by zeros, findings and all) and about the previous case's image."""
+    blank image (the model input replaced by zeros, findings and all) and about the previous case's image.
+    With a ``pool`` (:func:`~models.dataset.sample_pool`) the cases run in its processes, ``RUNTIME_CHUNK`` at a
+    time, each chunk starting from its previous case's analysis: the figures are the same as in one process."""
+    narrated = report_cases if narrative_cases is None else min(narrative_cases, report_cases)
+    job = _RuntimeJob(bundle, kind, seed, workdir, 0, max(report_cases, vqa_cases), report_cases, vqa_cases)
+    job = replace(job, controls=controls, narrative=narrative, narrated=narrated)
+    if pool is None:
+        tally = _runtime_cases(job)
+    else:
+        starts = range(0, job.stop, RUNTIME_CHUNK)
+        chunks = [replace(job, start=i, stop=min(i + RUNTIME_CHUNK, job.stop), threads=1) for i in starts]
+        tally = _RuntimeTally()
+        for part in pool.map(_runtime_cases, chunks):
+            tally.merge(part)
+    return tally.summary(job)
+
+
+RUNTIME_CHUNK = 25  # cases per task when the runtime metrics run in several processes
+VQA_RUNS = ("vqa", "blank", "shuffled")  # the questions asked about the case, a blank image, the previous case
+
+
+@dataclass(frozen=True)
+class _RuntimeJob:
+    """Cases ``start``..``stop`` (from ``seed``) of :func:`runtime_metrics`; ``threads``: ONNX Runtime's."""
+
+    bundle: Path
+    kind: str
+    seed: int
+    workdir: Path
+    start: int
+    stop: int
+    report_cases: int
+    vqa_cases: int
+    controls: bool = True
+    narrative: bool = True
+    narrated: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class _RuntimeTally:
+    """What :func:`runtime_metrics` adds up over cases; a later chunk of cases merges after an earlier one."""
+
+    counts: dict[str, dict[str, list[int]]] = field(
+        default_factory=lambda: {lang: {"f": [0, 0, 0], "fl": [0, 0, 0]} for lang in ("en", "zh")}  # tp, fp, fn
+    )
+    consistent: int = 0
+    disagreeing: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("en", "zh"), 0))
+    uptake_errors: list[float] = field(default_factory=list)  # highest SUVmax reported - the phantom's
+    size_errors: list[float] = field(default_factory=list)  # largest size reported - drawn, whole mm, per label
+    height_errors: list[float] = field(default_factory=list)  # radiograph effusion height reported - drawn (mm)
+    drawn_pairs: int = 0
+    tallies: dict[str, _VqaTally] = field(
+        default_factory=lambda: {n: _VqaTally() for n in ("vqa", "blank", "shuffled")}
+    )
+
+    def merge(self, other: _RuntimeTally) -> None:
+        for lang, by_key in other.counts.items():
+            for key, c in by_key.items():
+                self.counts[lang][key] = [a + b for a, b in zip(self.counts[lang][key], c, strict=True)]
+        self.consistent += other.consistent
+        for lang, n in other.disagreeing.items():
+            self.disagreeing[lang] += n
+        self.uptake_errors += other.uptake_errors
+        self.size_errors += other.size_errors
+        self.height_errors += other.height_errors
+        self.drawn_pairs += other.drawn_pairs
+        for name, tally in other.tallies.items():
+            self.tallies[name].merge(tally)
+
+    def summary(self, job: _RuntimeJob) -> dict[str, Any]:
+        def f1(c: list[int]) -> float:
+            return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
+
+        out: dict[str, Any] = {"sizes": size_agreement(self.size_errors)}
+        if self.height_errors:
+            out["effusion_heights"] = height_agreement(self.height_errors)
+        if job.report_cases:
+            out["report"] = {
+                "n": job.report_cases,
+                "drawn_pairs": self.drawn_pairs,
+                "finding_f1": {lang: f1(c["f"]) for lang, c in self.counts.items()},
+                "finding_location_f1": {lang: f1(c["fl"]) for lang, c in self.counts.items()},
+                "consistency": self.consistent / job.report_cases,
+            }
+            if job.narrative and job.narrated:
+                out["report"]["narrative_n"] = job.narrated
+                out["report"]["narrative_disagreement"] = {
+                    lang: n / job.narrated for lang, n in self.disagreeing.items()
+                }
+            if self.uptake_errors:  # PET: the highest SUVmax stated, against the phantom's, to the stated decimal
+                out["report"]["suvmax"] = agreement(self.uptake_errors, 0.05)
+        if job.vqa_cases:
+            out["vqa"] = self.tallies["vqa"].summary() | {"cases": job.vqa_cases}
+            if job.controls:
+                out["control_blank"] = {"vqa": self.tallies["blank"].summary()}
+                out["control_shuffled"] = {"vqa": self.tallies["shuffled"].summary()}
+        return out
+
+
+_ADAPTERS: dict[tuple[Path, int | None], Any] = {}  # per process: a bundle is loaded once for all its chunks
+
+
+def _runtime_cases(job: _RuntimeJob) -> _RuntimeTally:
+    """:func:`runtime_metrics`' cases ``job.start``..``job.stop`` tallied (the previous case's analysis, the
+    shuffled control's image, is made again for a chunk that starts after case 0)."""
     import shutil
 
     from dicom_agent.inference.bundle_adapter import BundleAdapter
     from dicom_agent.inference.parse import parse
     from models.terminology import LABELS
 
-    adapter = BundleAdapter(bundle, device="cpu", narrative=False)
+    if (job.bundle, job.threads) not in _ADAPTERS:
+        _ADAPTERS[(job.bundle, job.threads)] = BundleAdapter(
+            job.bundle, device="cpu", narrative=False, threads=job.threads
+        )
+    adapter = _ADAPTERS[(job.bundle, job.threads)]
     vocab = adapter.vocabulary
-    counts = {lang: {"f": [0, 0, 0], "fl": [0, 0, 0]} for lang in ("en", "zh")}  # tp, fp, fn
-    consistent = 0
-    disagreeing = dict.fromkeys(("en", "zh"), 0)
-    uptake_errors: list[float] = []  # highest SUVmax reported - the phantom's (cases with both)
-    size_errors: list[float] = []  # largest size reported - drawn, whole mm, per diameter label, every case analysed
-    height_errors: list[float] = []  # radiograph effusion height reported - drawn (mm), per side both have
-    drawn_pairs = 0
-    narrated = report_cases if narrative_cases is None else min(narrative_cases, report_cases)
-    tallies = {name: _VqaTally() for name in ("vqa", "blank", "shuffled")}
+    kind, t = job.kind, _RuntimeTally()
+
+    def analysed(i: int, folder: Path) -> tuple[Any, Any, Any]:
+        case, study = phantom_case_study(kind, job.seed + i, folder)
+        return case, study, adapter.analyse(study, narrative=job.narrative and i < job.narrated)
+
     previous = None
-    for i in range(max(report_cases, vqa_cases)):
-        folder = workdir / f"{kind}{i}"
-        case, study = phantom_case_study(kind, seed + i, folder)
-        analysis = adapter.analyse(study, narrative=narrative and i < narrated)
-        if i < vqa_cases:
+    if job.controls and 0 < job.start <= job.vqa_cases:
+        again = job.workdir / f"{kind}{job.start - 1}-again"  # the chunk before may still be writing its own
+        previous = analysed(job.start - 1, again)[2]
+        shutil.rmtree(again, ignore_errors=True)
+    for i in range(job.start, job.stop):
+        case, study, analysis = analysed(i, job.workdir / f"{kind}{i}")
+        if i < job.vqa_cases:
             qa = [(q.lang, q.question, q.answer, q.kind) for q in case.qa]
             runs = [("vqa", analysis)]
-            if controls:
+            if job.controls:
                 runs.append(("blank", adapter.analyse(study, replace_pixels=np.zeros_like)))
                 if previous is not None:
                     runs.append(("shuffled", previous))
@@ -451,22 +574,22 @@ def runtime_metrics(
                 heads = used.inputs[0].findings if used.inputs else []
                 present, places = {f.label for f in heads}, _largest_places(heads)
                 for item in qa:
-                    tallies[name].add(item, adapter.answer(used, item[1], item[0]), present, places)
+                    t.tallies[name].add(item, adapter.answer(used, item[1], item[0]), present, places)
             previous = analysis
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(job.workdir / f"{kind}{i}", ignore_errors=True)
         result = analysis.result
-        size_errors.extend(mm(got) - truth for got, truth in largest_sizes(case.lesions, result.present).values())
+        t.size_errors.extend(mm(got) - truth for got, truth in largest_sizes(case.lesions, result.present).values())
         if kind == "cxr":
-            height_errors.extend(got - drawn for got, drawn in effusion_heights(case.lesions, result.present))
-        if i >= report_cases:
+            t.height_errors.extend(got - drawn for got, drawn in effusion_heights(case.lesions, result.present))
+        if i >= job.report_cases:
             continue
         drawn = [float(les.attrs["suv_max"]) for les in case.lesions if "suv_max" in les.attrs]
         reported = [f.suv_max for f in result.present if f.suv_max is not None]
         if drawn and reported:
-            uptake_errors.append(round(max(reported) - max(drawn), 1))
+            t.uptake_errors.append(round(max(reported) - max(drawn), 1))
         truth_f = {les.label for les in case.lesions}
         truth_fl = {(les.label, _place(les.location, les.laterality, LABELS[les.label].focal)) for les in case.lesions}
-        drawn_pairs += len(truth_fl)
+        t.drawn_pairs += len(truth_fl)
         parsed = {}
         for lang in ("en", "zh"):
             found = [f for f in parse(result.impression[lang], lang, vocab) if not f.negated]
@@ -478,39 +601,14 @@ def runtime_metrics(
             }
             parsed[lang] = got_fl
             for key, got, truth in (("f", got_f, truth_f), ("fl", got_fl, truth_fl)):
-                c = counts[lang][key]
+                c = t.counts[lang][key]
                 c[0] += len(got & truth)
                 c[1] += len(got - truth)
                 c[2] += len(truth - got)
-        consistent += int(parsed["en"] == parsed["zh"])
-        for lang in disagreeing:
-            disagreeing[lang] += int(f"decoder_disagrees:{lang}" in result.flags)
-
-    def f1(c: list[int]) -> float:
-        return 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2])
-
-    out: dict[str, Any] = {"sizes": size_agreement(size_errors)}
-    if height_errors:
-        out["effusion_heights"] = height_agreement(height_errors)
-    if report_cases:
-        out["report"] = {
-            "n": report_cases,
-            "drawn_pairs": drawn_pairs,
-            "finding_f1": {lang: f1(c["f"]) for lang, c in counts.items()},
-            "finding_location_f1": {lang: f1(c["fl"]) for lang, c in counts.items()},
-            "consistency": consistent / report_cases,
-        }
-        if narrative and narrated:
-            out["report"]["narrative_n"] = narrated
-            out["report"]["narrative_disagreement"] = {lang: n / narrated for lang, n in disagreeing.items()}
-        if uptake_errors:  # PET: the highest SUVmax stated, against the phantom's, to the stated decimal
-            out["report"]["suvmax"] = agreement(uptake_errors, 0.05)
-    if vqa_cases:
-        out["vqa"] = tallies["vqa"].summary() | {"cases": vqa_cases}
-        if controls:
-            out["control_blank"] = {"vqa": tallies["blank"].summary()}
-            out["control_shuffled"] = {"vqa": tallies["shuffled"].summary()}
-    return out
+        t.consistent += int(parsed["en"] == parsed["zh"])
+        for lang in t.disagreeing:
+            t.disagreeing[lang] += int(f"decoder_disagrees:{lang}" in result.flags)
+    return t
 
 
 DIAMETER_LABELS = ("nodule", "mass", "hypermetabolic_lesion")  # the phantoms' sizes of these are diameters
@@ -623,44 +721,51 @@ def run_eval(bundle: Path, cfg: EvalConfig) -> dict[str, Any]:
         "bundle_sha256": runner.bundle_sha256,
         "modalities": {},
     }
-    for kind in [k for k in cfg.kinds if k in available_kinds()]:
-        t0 = time.time()
-        samples = make_samples(kind, cfg.cases, cfg.seed)
-        thresholds = {key: runner.threshold_of(kind, key) for key in runner.label_keys}
-        outs = run_bundle(runner, samples)
-        m: dict[str, Any] = {"held_out": structured_metrics(samples, outs, thresholds)}
-        if cfg.oor_cases:
-            oor = make_samples(kind, cfg.oor_cases, cfg.seed, out_of_range=True)
-            m["out_of_range"] = structured_metrics(oor, run_bundle(runner, oor), thresholds)
-        if cfg.finer_cases and kind in FINER:
-            size, depth = FINER[kind]
-            fine = make_samples(kind, cfg.finer_cases, cfg.seed, size=size, depth=depth)
-            m["finer"] = structured_metrics(fine, run_bundle(runner, fine), thresholds) | {"drawn": [size, depth]}
-        if cfg.corruptions:
-            # one noise stream per kind: a kind's figures do not depend on which kinds ran before it
-            rng = np.random.default_rng([cfg.seed, KINDS.index(kind)])
-            base = np.stack([s.image.astype(np.float32) for s in samples])
-            m["corruptions"] = {}
-            for name in ("noise", "blur", "contrast"):
-                imgs = np.stack([corrupt(x, name, rng) for x in base])
-                m["corruptions"][name] = structured_metrics(samples, run_bundle(runner, samples, imgs), thresholds)
-        if cfg.report_cases or cfg.vqa_cases:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                m |= runtime_metrics(
-                    bundle,
-                    kind,
-                    cfg.seed,
-                    Path(tmp),
-                    cfg.report_cases,
-                    cfg.vqa_cases,
-                    narrative_cases=cfg.narrative_cases,
-                )
-        m["seconds"] = round(time.time() - t0, 1)
-        result["modalities"][kind] = m
-        log.info("eval %s done in %.0fs", kind, m["seconds"])
+    with sample_pool(cfg.workers) as pool:
+        for kind in [k for k in cfg.kinds if k in available_kinds()]:
+            result["modalities"][kind] = _eval_kind(runner, bundle, kind, cfg, pool)
     return result
+
+
+def _eval_kind(runner: Any, bundle: Path, kind: str, cfg: EvalConfig, pool: Executor | None) -> dict[str, Any]:
+    """:func:`run_eval`'s metrics of one kind; phantoms and the runtime's cases in ``pool``'s processes."""
+    t0 = time.time()
+    samples = make_samples(kind, cfg.cases, cfg.seed, pool=pool)
+    thresholds = {key: runner.threshold_of(kind, key) for key in runner.label_keys}
+    outs = run_bundle(runner, samples)
+    m: dict[str, Any] = {"held_out": structured_metrics(samples, outs, thresholds)}
+    if cfg.oor_cases:
+        oor = make_samples(kind, cfg.oor_cases, cfg.seed, out_of_range=True, pool=pool)
+        m["out_of_range"] = structured_metrics(oor, run_bundle(runner, oor), thresholds)
+    if cfg.finer_cases and kind in FINER:
+        size, depth = FINER[kind]
+        fine = make_samples(kind, cfg.finer_cases, cfg.seed, size=size, depth=depth, pool=pool)
+        m["finer"] = structured_metrics(fine, run_bundle(runner, fine), thresholds) | {"drawn": [size, depth]}
+    if cfg.corruptions:
+        # one noise stream per kind: a kind's figures do not depend on which kinds ran before it
+        rng = np.random.default_rng([cfg.seed, KINDS.index(kind)])
+        base = np.stack([s.image.astype(np.float32) for s in samples])
+        m["corruptions"] = {}
+        for name in ("noise", "blur", "contrast"):
+            imgs = np.stack([corrupt(x, name, rng) for x in base])
+            m["corruptions"][name] = structured_metrics(samples, run_bundle(runner, samples, imgs), thresholds)
+    if cfg.report_cases or cfg.vqa_cases:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            m |= runtime_metrics(
+                bundle,
+                kind,
+                cfg.seed,
+                Path(tmp),
+                cfg.report_cases,
+                cfg.vqa_cases,
+                narrative_cases=cfg.narrative_cases,
+                pool=pool,
+            )
+    m["seconds"] = round(time.time() - t0, 1)
+    log.info("eval %s done in %.0fs", kind, m["seconds"])
+    return m
 
 
 def _fmt(v: Any) -> str:

@@ -221,6 +221,9 @@ def evaluate(
     ] = 100,
     write: Annotated[bool, typer.Option(help="write the metrics into manifest.json")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write all metrics as JSON here")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="processes the phantoms and the runtime's cases run in (same figures)")
+    ] = 2,
 ) -> None:
     """Held-out synthetic evaluation of a bundle (ONNX Runtime): AUROC, ECE, mAP@0.5, Dice, slice hits, VQA."""
     _logging()
@@ -234,6 +237,7 @@ def evaluate(
         corruptions=corruptions,
         report_cases=report_cases,
         narrative_cases=narrative_cases,
+        workers=workers,
     )
     metrics = run_eval(bundle, cfg)
     out(format_tables(metrics))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -95,6 +97,24 @@ def test_stage2_on_another_runs_stage1_gives_the_full_runs_model(smoke_run: Path
     assert not torch.equal(stage1["decoder.tok.weight"], full["state_dict"]["decoder.tok.weight"])
     history = json.loads((tmp_path / "history.json").read_text())
     assert history == json.loads((smoke_run / "history.json").read_text())
+
+
+def test_a_second_run_of_the_recipe_gives_the_same_model(smoke_run: Path, tmp_path: Path) -> None:
+    """Training from scratch twice with one config gives the same weights, thresholds and losses: the shipped
+    bundle is what anyone's ``dicom-agent model train`` makes (0.19.0's run reproduced: docs/model.md). Both runs
+    make their phantoms in the recipe's two processes."""
+    from models.train import train
+    from tests.model.conftest import smoke_config
+
+    assert smoke_config().threads == 2
+    train(smoke_config(), tmp_path)
+    first = torch.load(smoke_run / "checkpoint.pt", weights_only=False)
+    again = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert again["state_dict"].keys() == first["state_dict"].keys()
+    assert [k for k, v in first["state_dict"].items() if not torch.equal(v, again["state_dict"][k])] == []
+    assert again["thresholds"] == first["thresholds"]
+    assert json.loads((tmp_path / "history.json").read_text()) == json.loads((smoke_run / "history.json").read_text())
+    assert (tmp_path / "tokenizer.json").read_bytes() == (smoke_run / "tokenizer.json").read_bytes()
 
 
 def _dims(model_path: Path) -> dict[str, list[str | int]]:
@@ -303,3 +323,25 @@ def test_runtime_metrics_report_how_often_the_narrative_disagrees(smoke_bundle: 
     empty = dict.fromkeys(("auroc", "ece", "f1", "map50", "dice")) | {"n": 0, "per_label": {}}
     table = format_tables({"modalities": {"pet": {"held_out": empty} | m}})
     assert f"| pet | 3 ({drawn}) |" in table and "(1) |" in table
+
+
+def test_runtime_metrics_in_processes_equal_one_process(
+    smoke_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dicom-agent model eval`` runs the runtime's cases in chunks in other processes: the figures must be the
+    ones a single pass gives, across chunk borders too (each chunk remakes its previous case for the shuffled
+    control, and the answer prior's ties break as in one pass)."""
+    import models.evaluate as evaluate
+    from models.dataset import sample_pool
+
+    monkeypatch.setattr(evaluate, "RUNTIME_CHUNK", 2)
+
+    def metrics(workdir: Path, pool: Executor | None) -> dict[str, Any]:
+        return evaluate.runtime_metrics(smoke_bundle, "cxr", 900_000, workdir, 5, 4, narrative_cases=3, pool=pool)
+
+    one = metrics(tmp_path / "one", None)
+    with sample_pool(2) as pool:
+        assert pool is not None
+        chunked = metrics(tmp_path / "two", pool)
+    assert chunked == one
+    assert one["control_shuffled"]["vqa"]["questions"] > 0 and one["report"]["narrative_n"] == 3
