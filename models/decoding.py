@@ -452,43 +452,31 @@ def parse_size_option(name: str) -> SizeOption:
 
 
 def choose_size_fractions(
-    bundle: Path, cases: int, seed: int = VAL_SEED
+    bundle: Path, cases: int, seed: int = VAL_SEED, workers: int = 2
 ) -> tuple[dict[str, dict[str, SizeOption]], dict[str, Any]]:
     """Per kind and diameter label, the source-grid outline (level, reach, count) whose equivalent diameter of
     the largest lesion found equals the largest drawn (whole mm) most often on ``cases`` validation phantoms (ties:
     :func:`pick_size_level`), kept where it beats the model-grid size by ``SIZE_MARGIN`` on at least
-    ``SIZE_MIN_CASES`` cases; and the table behind it (share exact per option)."""
-    import shutil
-    import tempfile
-
-    from dicom_agent.inference.bundle_adapter import BundleAdapter
-    from models.evaluate import agreement, largest_sizes, phantom_case_study
-    from models.synthetic.text import mm
+    ``SIZE_MIN_CASES`` cases; and the table behind it (share exact per option). The phantoms run through the
+    adapter in ``workers`` processes, ``SIZE_CHUNK`` at a time (the same choices as in one)."""
+    from models.evaluate import agreement
     from models.train import available_kinds
 
-    adapter = BundleAdapter(bundle, device="cpu", languages=("en",), narrative=False)
-    adapter.runner.size_fraction = {}  # the findings keep their model-grid sizes: the baseline
     chosen: dict[str, dict[str, SizeOption]] = {}
     table: dict[str, Any] = {}
-    work = Path(tempfile.mkdtemp(prefix="size-calibration-"))
-    try:
+    with sample_pool(workers) as pool:
         for kind in [k for k in KINDS if k in available_kinds()]:
+            if pool is None:
+                parts = [_size_errors((bundle, kind, seed, 0, cases, None))]
+            else:
+                starts = range(0, cases, SIZE_CHUNK)
+                jobs = [(bundle, kind, seed, i, min(i + SIZE_CHUNK, cases), 1) for i in starts]
+                parts = list(pool.map(_size_errors, jobs))
             errors: dict[str, dict[str, list[float]]] = {}  # label -> option -> reported - drawn (whole mm)
-            for i in range(cases):
-                case, study = phantom_case_study(kind, seed + i, work / f"{kind}{i}")
-                item = adapter.analyse(study).inputs[0]
-                grid = adapter.measurement_grid(item)
-                # partial volume reads densities: only where the source values have a window (CT HU)
-                counts = [c for c in SIZE_COUNTS if c != "partial" or (grid is not None and grid.window)]
-                for label, (got, truth) in largest_sizes(case.lesions, item.findings).items():
-                    row = errors.setdefault(label, {})
-                    row.setdefault("model", []).append(mm(got) - truth)
-                    found = [f for f in item.findings if f.label == label and f.size_mm is not None]
-                    for option in itertools.product(SIZE_LEVELS, SIZE_REACHES, counts):
-                        # as the runtime: the model-grid size where no outline is drawn
-                        sizes = [_outlined_size(grid, f.mask, *option) or float(f.size_mm or 0.0) for f in found]
-                        row.setdefault(size_option(*option), []).append(mm(max(sizes)) - truth)
-                shutil.rmtree(work / f"{kind}{i}", ignore_errors=True)
+            for part in parts:  # in case order: labels and options keep the order one pass gives them
+                for label, row in part.items():
+                    for name, errs in row.items():
+                        errors.setdefault(label, {}).setdefault(name, []).extend(errs)
             table[kind] = {}
             for label, row in errors.items():
                 scores = {name: agreement(e, 0.5) for name, e in row.items()}  # whole mm: exact = equal
@@ -498,9 +486,44 @@ def choose_size_fractions(
                 if picked is not None:
                     chosen.setdefault(kind, {})[label] = picked
                 log.info("size %s %s: exact %s", kind, label, {n: round(v[0], 3) for n, v in summary.items()})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return chosen, table
+
+
+SIZE_CHUNK = 50  # validation phantoms per task when the size calibration runs in several processes
+
+
+def _size_errors(job: tuple[Path, str, int, int, int, int | None]) -> dict[str, dict[str, list[float]]]:
+    """Per label and outline option ("model": the model-grid size), the largest size reported minus the largest
+    drawn (whole mm) on validation phantoms ``start``..``stop`` of one kind: :func:`choose_size_fractions`' cases,
+    run in this process (ONNX Runtime on ``threads`` threads)."""
+    import shutil
+    import tempfile
+
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from models.evaluate import largest_sizes, phantom_case_study
+    from models.synthetic.text import mm
+
+    bundle, kind, seed, start, stop, threads = job
+    adapter = BundleAdapter(bundle, device="cpu", languages=("en",), narrative=False, threads=threads)
+    adapter.runner.size_fraction = {}  # the findings keep their model-grid sizes: the baseline
+    errors: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="size-calibration-") as tmp:
+        for i in range(start, stop):
+            case, study = phantom_case_study(kind, seed + i, Path(tmp) / f"{kind}{i}")
+            item = adapter.analyse(study).inputs[0]
+            grid = adapter.measurement_grid(item)
+            # partial volume reads densities: only where the source values have a window (CT HU)
+            counts = [c for c in SIZE_COUNTS if c != "partial" or (grid is not None and grid.window)]
+            for label, (got, truth) in largest_sizes(case.lesions, item.findings).items():
+                row = errors.setdefault(label, {})
+                row.setdefault("model", []).append(mm(got) - truth)
+                found = [f for f in item.findings if f.label == label and f.size_mm is not None]
+                for option in itertools.product(SIZE_LEVELS, SIZE_REACHES, counts):
+                    # as the runtime: the model-grid size where no outline is drawn
+                    sizes = [_outlined_size(grid, f.mask, *option) or float(f.size_mm or 0.0) for f in found]
+                    row.setdefault(size_option(*option), []).append(mm(max(sizes)) - truth)
+            shutil.rmtree(Path(tmp) / f"{kind}{i}", ignore_errors=True)
+    return errors
 
 
 def pick_size_level(summary: dict[str, tuple[float, float]], cases: int) -> SizeOption | None:

@@ -484,9 +484,7 @@ class _RuntimeTally:
     size_errors: list[float] = field(default_factory=list)  # largest size reported - drawn, whole mm, per label
     height_errors: list[float] = field(default_factory=list)  # radiograph effusion height reported - drawn (mm)
     drawn_pairs: int = 0
-    tallies: dict[str, _VqaTally] = field(
-        default_factory=lambda: {n: _VqaTally() for n in ("vqa", "blank", "shuffled")}
-    )
+    tallies: dict[str, _VqaTally] = field(default_factory=lambda: {n: _VqaTally() for n in VQA_RUNS})
 
     def merge(self, other: _RuntimeTally) -> None:
         for lang, by_key in other.counts.items():
@@ -532,7 +530,18 @@ class _RuntimeTally:
         return out
 
 
-_ADAPTERS: dict[tuple[Path, int | None], Any] = {}  # per process: a bundle is loaded once for all its chunks
+_ADAPTERS: dict[tuple[Path, int | None, str], Any] = {}  # per process: a bundle is loaded once for its chunks
+
+
+def _adapter(bundle: Path, threads: int | None) -> Any:
+    """This process's adapter of ``bundle``, loaded again when its manifest has changed (a re-calibration)."""
+    from dicom_agent.inference.bundle_adapter import BundleAdapter
+    from dicom_agent.inference.onnx_runner import sha256_file
+
+    key = (bundle, threads, sha256_file(bundle / "manifest.json"))
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = BundleAdapter(bundle, device="cpu", narrative=False, threads=threads)
+    return _ADAPTERS[key]
 
 
 def _runtime_cases(job: _RuntimeJob) -> _RuntimeTally:
@@ -540,15 +549,10 @@ def _runtime_cases(job: _RuntimeJob) -> _RuntimeTally:
     shuffled control's image, is made again for a chunk that starts after case 0)."""
     import shutil
 
-    from dicom_agent.inference.bundle_adapter import BundleAdapter
     from dicom_agent.inference.parse import parse
     from models.terminology import LABELS
 
-    if (job.bundle, job.threads) not in _ADAPTERS:
-        _ADAPTERS[(job.bundle, job.threads)] = BundleAdapter(
-            job.bundle, device="cpu", narrative=False, threads=job.threads
-        )
-    adapter = _ADAPTERS[(job.bundle, job.threads)]
+    adapter = _adapter(job.bundle, job.threads)
     vocab = adapter.vocabulary
     kind, t = job.kind, _RuntimeTally()
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dicom_agent.inference.onnx_runner import BundleRunner
 from models.dataset import Sample
@@ -369,3 +370,17 @@ def test_rival_boxes_are_demoted_where_that_raises_box_map() -> None:
     assert runner.rival_factor == {}  # left as it was
     chosen, table = choose_rival_factor(runner, *cases(0.0))
     assert chosen is None and set(table.values()) == {1.0}
+
+
+def test_size_calibration_in_processes_chooses_as_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's size calibration runs its phantoms through the adapter in chunks in other processes: the
+    errors, the table and the choices must be one pass's, across chunk borders."""
+    import models.decoding as decoding
+
+    monkeypatch.setattr(decoding, "SIZE_CHUNK", 2)
+    one = decoding.choose_size_fractions(BUNDLE, 5, workers=1)
+    chunked = decoding.choose_size_fractions(BUNDLE, 5, workers=2)
+    assert chunked == one
+    # not vacuous: the shipped bundle sizes lesions on these phantoms, by the model grid and by outlines
+    rows = [row for per_kind in one[1].values() for row in per_kind.values()]
+    assert rows and all("model" in row and len(row) > 1 for row in rows)
