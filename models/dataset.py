@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from models.terminology import LABELS
 LABEL_INDEX = {k: i for i, k in enumerate(LABEL_KEYS)}
 KIND_INDEX = {"cxr": 0, "ct": 1, "pet": 2}
 STRIDE = 8
+Job = TypeVar("Job")
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -161,6 +164,21 @@ def sample_pool(workers: int) -> Iterator[Executor | None]:
 
 def _one_thread() -> None:
     torch.set_num_threads(1)
+
+
+def in_chunks(
+    pool: Executor | None,
+    run: Callable[[Job], Result],
+    job: Callable[[int, int, int | None], Job],
+    stop: int,
+    chunk: int,
+) -> list[Result]:
+    """``run`` over cases 0..``stop``: one ``job(0, stop, None)`` in this process, or with a ``pool``
+    (:func:`sample_pool`) ``job(start, end, 1)`` for each ``chunk`` of cases in its processes (one ONNX Runtime
+    thread each); results in case order, so merging them in turn gives what one pass gives."""
+    if pool is None:
+        return [run(job(0, stop, None))]
+    return list(pool.map(run, [job(i, min(i + chunk, stop), 1) for i in range(0, stop, chunk)]))
 
 
 # ---- batches ------------------------------------------------------------------------------------------------

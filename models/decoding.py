@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from dicom_agent.inference.onnx_runner import DELINEATION_REACH, delineate, fluid_only
-from models.dataset import Sample, make_samples, sample_pool
+from models.dataset import Sample, in_chunks, make_samples, sample_pool
 from models.evaluate import decode, dice, raw_outputs, structured_metrics
 from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.preprocess import CT_WINDOW
@@ -466,15 +466,14 @@ def choose_size_fractions(
     table: dict[str, Any] = {}
     with sample_pool(workers) as pool:
         for kind in [k for k in KINDS if k in available_kinds()]:
-            if pool is None:
-                parts = [_size_errors((bundle, kind, seed, 0, cases, None))]
-            else:
-                starts = range(0, cases, SIZE_CHUNK)
-                jobs = [(bundle, kind, seed, i, min(i + SIZE_CHUNK, cases), 1) for i in starts]
-                parts = list(pool.map(_size_errors, jobs))
+
+            def part(start: int, stop: int, threads: int | None, kind: str = kind) -> SizeJob:
+                return bundle, kind, seed, start, stop, threads
+
             errors: dict[str, dict[str, list[float]]] = {}  # label -> option -> reported - drawn (whole mm)
-            for part in parts:  # in case order: labels and options keep the order one pass gives them
-                for label, row in part.items():
+            # in case order: labels and options keep the order one pass gives them
+            for counted in in_chunks(pool, _size_errors, part, cases, SIZE_CHUNK):
+                for label, row in counted.items():
                     for name, errs in row.items():
                         errors.setdefault(label, {}).setdefault(name, []).extend(errs)
             table[kind] = {}
@@ -490,9 +489,10 @@ def choose_size_fractions(
 
 
 SIZE_CHUNK = 50  # validation phantoms per task when the size calibration runs in several processes
+SizeJob = tuple[Path, str, int, int, int, int | None]  # bundle, kind, seed, first and past-last case, ORT threads
 
 
-def _size_errors(job: tuple[Path, str, int, int, int, int | None]) -> dict[str, dict[str, list[float]]]:
+def _size_errors(job: SizeJob) -> dict[str, dict[str, list[float]]]:
     """Per label and outline option ("model": the model-grid size), the largest size reported minus the largest
     drawn (whole mm) on validation phantoms ``start``..``stop`` of one kind: :func:`choose_size_fractions`' cases,
     run in this process (ONNX Runtime on ``threads`` threads)."""

@@ -31,7 +31,7 @@ from dicom_agent.inference.agreement import NO as ANSWER_NO
 from dicom_agent.inference.agreement import YES as ANSWER_YES
 from dicom_agent.inference.agreement import largest_located, normalize_answer
 from dicom_agent.inference.onnx_runner import box_iou
-from models.dataset import Batch, Sample, collate, make_samples, sample_pool
+from models.dataset import Batch, Sample, collate, in_chunks, make_samples, sample_pool
 from models.export import write_manifest
 from models.labels import KINDS, LABEL_KEYS, label_mask
 from models.network import UnifiedModel
@@ -438,14 +438,13 @@ def runtime_metrics(
     narrated = report_cases if narrative_cases is None else min(narrative_cases, report_cases)
     job = _RuntimeJob(bundle, kind, seed, workdir, 0, max(report_cases, vqa_cases), report_cases, vqa_cases)
     job = replace(job, controls=controls, narrative=narrative, narrated=narrated)
-    if pool is None:
-        tally = _runtime_cases(job)
-    else:
-        starts = range(0, job.stop, RUNTIME_CHUNK)
-        chunks = [replace(job, start=i, stop=min(i + RUNTIME_CHUNK, job.stop), threads=1) for i in starts]
-        tally = _RuntimeTally()
-        for part in pool.map(_runtime_cases, chunks):
-            tally.merge(part)
+
+    def part(start: int, stop: int, threads: int | None) -> _RuntimeJob:
+        return replace(job, start=start, stop=stop, threads=threads)
+
+    tally = _RuntimeTally()
+    for counted in in_chunks(pool, _runtime_cases, part, job.stop, RUNTIME_CHUNK):
+        tally.merge(counted)
     return tally.summary(job)
 
 
