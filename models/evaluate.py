@@ -217,7 +217,7 @@ def decode(runner: Any, kind: str, raw: dict[str, Any], box_source: str | None =
     if kind == "cxr":
         heads = raw["heatmap"], raw["size"], raw["offset"]
         masks = runner.outline(kind, runner.binarize(kind, raw["seg"], axis=0), raw["image"], axis=0)
-        dets = runner.boxes(kind, *heads, raw["seg"], raw["probs"], 0.02, 10, box_source, masks)
+        dets = runner.boxes(kind, *heads, raw["seg"], raw["probs"], 0.02, 10, box_source, masks, raw["image"])
         return {
             "probs": raw["probs"],
             "dets": [(b.score, -1, b.label, (b.x0, b.y0, b.x1, b.y1)) for b in dets],

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from dicom_agent.inference.opacity import RegionModel, weigh_by_opacity
+
 log = logging.getLogger(__name__)
 
 MODALITY_INDEX = {"cxr": 0, "ct": 1, "pet": 2}
@@ -447,6 +449,11 @@ class BundleRunner:
         # per kind, the factor a focal box's score is multiplied by where another focal label's box scores higher
         # on the same place (``demote_rivals``), chosen by box mAP on validation phantoms; kinds not listed: none
         self.rival_factor: dict[str, float] = {kind: float(f) for kind, f in decoding.get("rival_factor", {}).items()}
+        # per kind, the model that reads from a focal box's opacity which focal label it looks like
+        # (``opacity.weigh_by_opacity``), fitted on validation phantoms; kinds not listed: none
+        self.region_models: dict[str, RegionModel] = {
+            kind: RegionModel.from_manifest(entry) for kind, entry in decoding.get("region_model", {}).items()
+        }
         # per kind, the non-focal labels whose masks do not tell the side (too few of the sides they gave on
         # validation phantoms were right): reported without one
         self.unsided: dict[str, set[str]] = {kind: set(keys) for kind, keys in decoding.get("unsided", {}).items()}
@@ -610,7 +617,9 @@ class BundleRunner:
             binary = self.outline("cxr", self.binarize("cxr", seg, axis=0), images[i], axis=0)
             heads = out["heatmap"][i], out["size"][i], out["offset"][i]
             boxes = [
-                b for b in self.boxes("cxr", *heads, seg, probs, self.box_min_score, masks=binary) if b.label in present
+                b
+                for b in self.boxes("cxr", *heads, seg, probs, self.box_min_score, masks=binary, image=images[i])
+                if b.label in present
             ]
             masks = {k: binary[self.label_keys.index(k)] for k in self._outlined(present)}
             results.append(
@@ -694,6 +703,7 @@ class BundleRunner:
         max_per_label: int = 5,
         source: str | None = None,
         masks: np.ndarray | None = None,
+        image: np.ndarray | None = None,
     ) -> list[DetectedBox]:
         """Boxes of every label on one image or slice, best first: CenterNet peaks (``min_score``, at most
         ``max_per_label``) or, for labels whose manifest ``box_source`` is "mask", the components of the
@@ -701,7 +711,9 @@ class BundleRunner:
         peaks where that mask is empty. ``source`` forces one way for all labels (export compares them).
         ``masks`` (L,h,w) bool: the image's masks as :meth:`binarize` made them (a volume's slice of its 3D
         masks); by default this image's own. Where the kind has several focal labels, a focal box's score is
-        multiplied by its :func:`label_share`, so a box on another label's lesion ranks below the label's own."""
+        multiplied by its :func:`label_share`, so a box on another label's lesion ranks below the label's own, and,
+        on a kind with a region model and given its model-input ``image``, by what the opacity in it looks like
+        (:func:`~dicom_agent.inference.opacity.weigh_by_opacity`)."""
         sources = self.box_source.get(kind, {})
         if masks is None:
             masks = self.binarize(kind, seg, axis=0)
@@ -718,6 +730,8 @@ class BundleRunner:
             out += found
         if kind in self.rival_factor:
             out = demote_rivals(out, {self.label_keys[li] for li in focal}, self.rival_factor[kind])
+        if image is not None and kind in self.region_models:
+            out = weigh_by_opacity(out, image, self.region_models[kind])
         out.sort(key=lambda b: -b.score)
         return out
 

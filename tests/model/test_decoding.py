@@ -71,6 +71,9 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     # the size levels were measured through the adapter (too few smoke cases to choose one: none is)
     assert set(decoding["calibration"]["size_exact"]) == {"cxr", "ct", "pet"}
     assert runner.size_fraction == decoding.get("size_fraction", {}) == {}
+    # the radiograph opacity model was tried (a smoke model's boxes rarely lie on lesions: none may be kept)
+    assert set(decoding["calibration"]["region_map"]) == {"cxr"}
+    assert set(runner.region_models) == set(decoding.get("region_model", {})) <= {"cxr"}
 
 
 def test_a_size_level_is_picked_only_where_it_beats_the_model_grid() -> None:
@@ -384,3 +387,53 @@ def test_size_calibration_in_processes_chooses_as_one_process(monkeypatch: pytes
     # not vacuous: the shipped bundle sizes lesions on these phantoms, by the model grid and by outlines
     rows = [row for per_kind in one[1].values() for row in per_kind.values()]
     assert rows and all("model" in row and len(row) > 1 for row in rows)
+
+
+def test_the_region_model_is_kept_where_the_opacities_tell_the_labels_apart() -> None:
+    """Radiographs whose masses (round, homogeneous) and consolidations (elongated, patchy) light both channels
+    alike, so each lesion has a mass and a consolidation box of one score: weighed by what the opacity looks
+    like, the true boxes rank first (mAP 1.0) and the model is kept; where every lesion is the same disc, whatever
+    its label, the opacity tells nothing and no model is kept."""
+    from models.decoding import REGION_POWERS, choose_region_model
+    from tests.runtime.test_opacity import disc, patchy_band
+
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    runner.delineation, runner.rival_factor, runner.mask_thresholds, runner.region_models = {}, {}, {}, {}
+    keys = runner.label_keys
+    mass, consolidation = keys.index("mass"), keys.index("consolidation")
+    runner.box_source = {"cxr": {key: "mask" for key in keys}}
+
+    def cases(telling: bool) -> tuple[list[Sample], list[dict[str, np.ndarray]]]:
+        samples, raws = [], []
+        for i in range(16):
+            label = mass if i % 2 else consolidation
+            image = disc() if label == mass or not telling else patchy_band(seed=i)
+            drawn = image > 0.3 if label == consolidation and telling else image > 0.45
+            seg = np.zeros((len(keys), 64, 64), np.float32)
+            seg[[mass, consolidation]] = 0.9 * drawn
+            rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+            box = (-1, label, float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+            present = np.zeros(len(keys), np.float32)
+            present[label] = 1.0
+            cls = (drawn * (label + 1)).astype(np.uint8)
+            lesions = {"lesions": [(keys[label], "right upper lobe", "right", 40.0, None)]}
+            samples.append(Sample("cxr", i, image.astype(np.float16), cls, present, [box], {}, [], extra=lesions))
+            raws.append(
+                {"seg": seg, "probs": np.ones(len(keys), np.float32), "image": image.astype(np.float32)}
+                | {"heatmap": np.zeros((len(keys), 16, 16), np.float32), "size": np.zeros((2, 16, 16), np.float32)}
+                | {"offset": np.zeros((2, 16, 16), np.float32)}
+            )
+        return samples, raws
+
+    samples, raws = cases(telling=True)
+    model, table = choose_region_model(runner, (samples, raws), samples, raws)
+    assert model is not None and model.labels == ("mass", "consolidation") and model.power in REGION_POWERS
+    assert table["regions"] == 32 and table["accuracy"] == 1.0
+    assert table["map"][f"{model.power:g}"] == 1.0 > table["map"]["none"] + 0.2
+    assert runner.region_models == {}  # left as it was
+    samples, raws = cases(telling=False)
+    model, table = choose_region_model(runner, (samples, raws), samples, raws)
+    assert model is None and table["accuracy"] < 0.75
+    samples, raws = cases(telling=True)
+    model, table = choose_region_model(runner, (samples[:4], raws[:4]), samples, raws)
+    assert model is None and table == {"regions": 8}  # 4 boxes on each label's lesions: too few to fit
