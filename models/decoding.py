@@ -344,6 +344,12 @@ def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, 
     return chosen
 
 
+def _box_map(runner: Any, samples: list[Sample], raws: list[dict[str, Any]]) -> float:
+    """Box mAP@0.5 of the samples as the runner decodes them now, to the 4 decimals the calibration tables keep."""
+    result = structured_metrics(samples, [decode(runner, samples[0].kind, raw) for raw in raws], {})
+    return round(float(result["map50"] or 0.0), 4)
+
+
 def choose_rival_factor(
     runner: Any, samples: list[Sample], raws: list[dict[str, Any]]
 ) -> tuple[float | None, dict[str, float]]:
@@ -355,8 +361,7 @@ def choose_rival_factor(
     table: dict[str, float] = {}
     for factor in (1.0, *RIVAL_FACTORS):
         runner.rival_factor[kind] = factor
-        result = structured_metrics(samples, [decode(runner, kind, raw) for raw in raws], {})
-        table[f"{factor:g}"] = round(float(result["map50"] or 0.0), 4)
+        table[f"{factor:g}"] = _box_map(runner, samples, raws)
     del runner.rival_factor[kind]
     best = max(RIVAL_FACTORS, key=lambda f: table[f"{f:g}"])
     log.info("rival factor %s: mAP %.3f at %g (none %.3f)", kind, table[f"{best:g}"], best, table["1"])
@@ -422,8 +427,7 @@ def choose_region_model(
     for power in (None, *REGION_POWERS):
         if power is not None:
             runner.region_models[kind] = replace(model, power=power)
-        result = structured_metrics(samples, [decode(runner, kind, raw) for raw in raws], {})
-        table["map"]["none" if power is None else f"{power:g}"] = round(float(result["map50"] or 0.0), 4)
+        table["map"]["none" if power is None else f"{power:g}"] = _box_map(runner, samples, raws)
     del runner.region_models[kind]
     best = max(REGION_POWERS, key=lambda p: table["map"][f"{p:g}"])
     log.info(

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -616,11 +616,9 @@ class BundleRunner:
             seg = out["seg"][i]
             binary = self.outline("cxr", self.binarize("cxr", seg, axis=0), images[i], axis=0)
             heads = out["heatmap"][i], out["size"][i], out["offset"][i]
-            boxes = [
-                b
-                for b in self.boxes("cxr", *heads, seg, probs, self.box_min_score, masks=binary, image=images[i])
-                if b.label in present
-            ]
+            boxes = self.boxes(
+                "cxr", *heads, seg, probs, self.box_min_score, masks=binary, image=images[i], keep=present
+            )
             masks = {k: binary[self.label_keys.index(k)] for k in self._outlined(present)}
             results.append(
                 Result2D(
@@ -672,9 +670,8 @@ class BundleRunner:
         boxes: list[DetectedBox] = []
         for z in range(depth):
             heads = out["heatmap"][0, z], out["size"][0, z], out["offset"][0, z]
-            for b in self.boxes(modality, *heads, seg[z], probs, self.box_min_score, masks=binary[z]):
-                if b.label in present:
-                    boxes.append(DetectedBox(b.label, b.score, b.x0, b.y0, b.x1, b.y1, z=z))
+            for b in self.boxes(modality, *heads, seg[z], probs, self.box_min_score, masks=binary[z], keep=present):
+                boxes.append(DetectedBox(b.label, b.score, b.x0, b.y0, b.x1, b.y1, z=z))
         boxes.sort(key=lambda b: -b.score)
         masks = {k: binary[:, self.label_keys.index(k)] for k in self._outlined(present)}
         return Result3D(
@@ -704,6 +701,7 @@ class BundleRunner:
         source: str | None = None,
         masks: np.ndarray | None = None,
         image: np.ndarray | None = None,
+        keep: Collection[str] | None = None,
     ) -> list[DetectedBox]:
         """Boxes of every label on one image or slice, best first: CenterNet peaks (``min_score``, at most
         ``max_per_label``) or, for labels whose manifest ``box_source`` is "mask", the components of the
@@ -713,7 +711,8 @@ class BundleRunner:
         masks); by default this image's own. Where the kind has several focal labels, a focal box's score is
         multiplied by its :func:`label_share`, so a box on another label's lesion ranks below the label's own, and,
         on a kind with a region model and given its model-input ``image``, by what the opacity in it looks like
-        (:func:`~dicom_agent.inference.opacity.weigh_by_opacity`)."""
+        (:func:`~dicom_agent.inference.opacity.weigh_by_opacity`). ``keep``: only these labels' boxes are returned
+        (and weighed); the others still demote their rivals."""
         sources = self.box_source.get(kind, {})
         if masks is None:
             masks = self.binarize(kind, seg, axis=0)
@@ -730,6 +729,8 @@ class BundleRunner:
             out += found
         if kind in self.rival_factor:
             out = demote_rivals(out, {self.label_keys[li] for li in focal}, self.rival_factor[kind])
+        if keep is not None:
+            out = [b for b in out if b.label in keep]
         if image is not None and kind in self.region_models:
             out = weigh_by_opacity(out, image, self.region_models[kind])
         out.sort(key=lambda b: -b.score)
