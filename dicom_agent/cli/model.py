@@ -155,9 +155,9 @@ def calibrate(
     ] = None,
 ) -> None:
     """Re-choose a bundle's decoding (decision threshold, mask threshold, delineation, fluid level and water band,
-    box source, rival boxes' factor, the radiograph opacity model, whether masks give a side and the source-grid
-    size fraction, per label) on validation phantoms and record it in manifest.json; the graphs are unchanged, so
-    no checkpoint is needed."""
+    box source, the boxes' weighing by their own masks' support, rival boxes' factor, the radiograph opacity model,
+    whether masks give a side and the source-grid size fraction, per label) on validation phantoms and record it in
+    manifest.json; the graphs are unchanged, so no checkpoint is needed."""
     _logging()
     from models.decoding import write_calibration
 
@@ -187,6 +187,8 @@ def calibrate(
         out(f"{kind} boxes beaten on their place by another focal label's scored x{factor:g}")
     for kind, region in decoding.get("region_model", {}).items():
         out(f"{kind} focal boxes weighed by what their opacity looks like (power {region['power']:g})")
+    for kind, power in decoding.get("support_power", {}).items():
+        out(f"{kind} focal boxes weighed by their own segmentation's support (power {power:g})")
     for kind, keys in decoding["unsided"].items():
         out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
     reaches = decoding.get("size_reach", {})

@@ -73,6 +73,9 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     assert runner.size_fraction == decoding.get("size_fraction", {}) == {}
     # the radiograph opacity model was tried (a smoke model's boxes rarely lie on lesions: none may be kept)
     assert set(decoding["calibration"]["region_map"]) == {"cxr"}
+    # box support by the segmentation was tried on every kind
+    assert set(decoding["calibration"]["support_map"]) == {"cxr", "ct", "pet"}
+    assert runner.support_power == decoding.get("support_power", {})
     assert set(runner.region_models) == set(decoding.get("region_model", {})) <= {"cxr"}
 
 
@@ -337,7 +340,7 @@ def test_rival_boxes_are_demoted_where_that_raises_box_map() -> None:
     from models.decoding import RIVAL_FACTORS, choose_rival_factor
 
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
-    runner.delineation, runner.rival_factor, runner.mask_thresholds = {}, {}, {}
+    runner.delineation, runner.rival_factor, runner.mask_thresholds, runner.support_power = {}, {}, {}, {}
     keys = runner.label_keys
     mass, consolidation = keys.index("mass"), keys.index("consolidation")
     runner.box_source = {"cxr": {key: "mask" for key in keys}}
@@ -372,6 +375,49 @@ def test_rival_boxes_are_demoted_where_that_raises_box_map() -> None:
     )
     assert runner.rival_factor == {}  # left as it was
     chosen, table = choose_rival_factor(runner, *cases(0.0))
+    assert chosen is None and set(table.values()) == {1.0}
+
+
+def test_box_support_is_weighed_in_where_peaks_lie_on_nothing() -> None:
+    """Radiographs whose consolidation channel peaks twice: on the drawn consolidation (0.5), which its mask
+    shows, and on a place the mask barely lights (0.7). Weighing each box by its own mask's support puts the true
+    one first, and the mildest power that does it is chosen; where no peak lies on nothing, none is."""
+    from models.decoding import SUPPORT_POWERS, choose_support_power
+
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    runner.delineation, runner.mask_thresholds, runner.box_source = {}, {}, {}
+    runner.rival_factor, runner.region_models, runner.support_power = {}, {}, {}
+    keys = runner.label_keys
+    consolidation = keys.index("consolidation")
+
+    def cases(stray: bool) -> tuple[list[Sample], list[dict[str, np.ndarray]]]:
+        samples, raws = [], []
+        for i in range(MASK_MIN_CASES):
+            seg = np.zeros((len(keys), 64, 64), np.float32)
+            seg[consolidation, 10:30, 10:30] = 0.6
+            heat = np.zeros((len(keys), 16, 16), np.float32)
+            heat[consolidation, 5, 5] = 0.5
+            if stray:  # its channel faintly lit there: no other focal label's, so its label share is whole
+                heat[consolidation, 12, 12] = 0.7
+                seg[consolidation, 38:58, 38:58] = 0.1
+            cls = np.zeros((64, 64), np.uint8)
+            cls[10:30, 10:30] = consolidation + 1
+            present = np.zeros(len(keys), np.float32)
+            present[consolidation] = 1.0
+            box = (-1, consolidation, 10.0, 10.0, 30.0, 30.0)
+            lesions = {"lesions": [("consolidation", "right upper lobe", "right", 20.0, None)]}
+            samples.append(Sample("cxr", i, np.zeros((64, 64), np.float16), cls, present, [box], {}, [], extra=lesions))
+            raws.append(
+                {"seg": seg, "probs": np.ones(len(keys), np.float32), "image": np.zeros((64, 64), np.float32)}
+                | {"heatmap": heat, "size": np.full((2, 16, 16), 20 / 64, np.float32)}
+                | {"offset": np.zeros((2, 16, 16), np.float32)}
+            )
+        return samples, raws
+
+    chosen, table = choose_support_power(runner, *cases(stray=True))
+    assert chosen == SUPPORT_POWERS[0] and table["none"] < 0.9 and table[f"{chosen:g}"] == 1.0
+    assert runner.support_power == {}  # left as it was
+    chosen, table = choose_support_power(runner, *cases(stray=False))
     assert chosen is None and set(table.values()) == {1.0}
 
 

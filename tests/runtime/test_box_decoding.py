@@ -18,6 +18,7 @@ from dicom_agent.inference.onnx_runner import (
     label_share,
     mask_component_boxes,
     mask_components,
+    seg_support,
     threshold_mask,
     voxel_noise,
 )
@@ -61,7 +62,7 @@ def test_runner_takes_each_labels_boxes_from_its_source() -> None:
     seg = np.zeros((len(keys), side, side), np.float32)
     seg[0, 60:70, 30:36] = 0.8  # the first label's mask lies elsewhere than its peak
     probs = np.full(len(keys), 0.5, np.float32)
-    runner.box_source = {"cxr": {keys[0]: "mask"}}
+    runner.box_source, runner.support_power = {"cxr": {keys[0]: "mask"}}, {}  # the sources alone
     boxes = runner.boxes("cxr", heat, size, offset, seg, probs, 0.3)
     first = [b for b in boxes if b.label == keys[0]]
     assert [(b.x0, b.y0, b.x1, b.y1) for b in first] == [(30, 60, 36, 70)] and first[0].score == pytest.approx(0.4)
@@ -156,6 +157,55 @@ def test_label_share_is_the_labels_part_of_the_focal_evidence_in_the_box() -> No
     assert label_share(np.zeros_like(seg), box, 1, [0, 1]) == 0.0  # no evidence at all: no share
 
 
+def test_seg_support_is_how_surely_the_labels_own_mask_shows_a_lesion_in_the_box() -> None:
+    seg = np.zeros((2, 16, 16), np.float32)
+    seg[0, 2:6, 2:6] = 0.8
+    seg[0, 2:4, 2:6] = 0.2  # half the box faint: the 90th percentile reads the lesion, not the mean
+    seg[1, 2:6, 2:6] = 0.9  # another label's evidence does not back label 0
+    box = DetectedBox("x", 1.0, 2, 2, 6, 6)
+    assert seg_support(seg, box, 0) == pytest.approx(0.8)
+    assert seg_support(seg, DetectedBox("x", 1.0, 10, 10, 14, 14), 0) == 0.0  # on nothing
+    assert seg_support(seg, DetectedBox("x", 1.0, 5.5, 5.5, 5.6, 5.6), 0) == pytest.approx(0.8)  # under a pixel
+
+
+def test_seg_support_is_numpys_percentile() -> None:
+    """The partial sort gives np.percentile's linear interpolation, on boxes of every size and at the edges."""
+    rng = np.random.default_rng(0)
+    seg = rng.random((3, 32, 32)).astype(np.float32)
+    for _ in range(300):
+        x0, y0 = (float(v) for v in rng.uniform(0, 31, 2))
+        x1, y1 = x0 + float(rng.uniform(0, 12)), y0 + float(rng.uniform(0, 12))
+        box = DetectedBox("x", 1.0, x0, y0, x1, y1)
+        r0, c0 = int(y0), int(x0)
+        r1, c1 = max(int(np.ceil(y1)), r0 + 1), max(int(np.ceil(x1)), c0 + 1)
+        assert seg_support(seg, box, 1) == pytest.approx(float(np.percentile(seg[1, r0:r1, c0:c1], 90)), abs=1e-6)
+
+
+def test_a_peak_its_segmentation_does_not_back_ranks_below_one_it_does() -> None:
+    """Two consolidation peaks: the stronger one where the consolidation channel is faint, the weaker on what it
+    shows. Without support weighing the faint one leads (no other focal label there: its label share is whole); at
+    power 1 the backed one does."""
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    consolidation = keys.index("consolidation")
+    seg = np.zeros((len(keys), 64, 64), np.float32)
+    seg[consolidation, 10:30, 10:30] = 0.6
+    seg[consolidation, 38:58, 38:58] = 0.1
+    heat = np.zeros((len(keys), 16, 16), np.float32)
+    heat[consolidation, 5, 5], heat[consolidation, 12, 12] = 0.5, 0.7
+    size, offset = np.full((2, 16, 16), 20 / 64, np.float32), np.zeros((2, 16, 16), np.float32)
+    probs = np.ones(len(keys), np.float32)
+    runner.box_source, runner.rival_factor, runner.region_models = {}, {}, {}
+    runner.support_power = {}
+    found = [b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label == "consolidation"]
+    assert [(b.x0, round(b.score, 3)) for b in found] == [(38, 0.7), (10, 0.5)]
+    runner.support_power = {"cxr": 1.0}
+    found = [b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label == "consolidation"]
+    assert [(b.x0, round(b.score, 3)) for b in found] == [(10, 0.3), (38, 0.07)]
+    runner.support_power = {"ct": 1.0}  # another kind's setting leaves radiographs alone
+    assert runner.boxes("cxr", heat, size, offset, seg, probs, 0.3)[0].x0 == 38
+
+
 def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> None:
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
     keys = runner.label_keys
@@ -172,7 +222,7 @@ def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> No
     size = offset = np.zeros((2, 8, 8), np.float32)
     probs = np.ones(len(keys), np.float32)
     runner.box_source = {kind: {key: "mask" for key in keys} for kind in ("cxr", "pet")}
-    runner.rival_factor = {}  # label shares alone (demotion: the test below)
+    runner.rival_factor, runner.support_power = {}, {}  # label shares alone (demotion: the test below)
     by_label = {b.label: b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label != "nodule"}
     nodules = [b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label == "nodule"]
     assert [(b.x0, b.y0) for b in nodules] == [(40, 40), (10, 10)]  # its own lesion first
@@ -203,7 +253,7 @@ def test_a_focal_box_beaten_on_its_place_by_another_focal_label_is_demoted() -> 
     heat = np.zeros((len(keys), 8, 8), np.float32)
     size = offset = np.zeros((2, 8, 8), np.float32)
     probs = np.ones(len(keys), np.float32)
-    runner.box_source = {"cxr": {key: "mask" for key in keys}}
+    runner.box_source, runner.support_power = {"cxr": {key: "mask" for key in keys}}, {}
     found = []
     for factor in ({}, {"cxr": 0.5}, {"ct": 0.5}):  # off, on for radiographs, on for another kind
         runner.rival_factor = factor
