@@ -363,18 +363,19 @@ def _sweep_box_map(
     runner: Any,
     samples: list[Sample],
     raws: list[dict[str, Any]],
-    setting: dict[str, float],
+    setting: dict[str, Any],
     options: tuple[float, ...],
     none: str,
     what: str,
+    entry: Callable[[float], Any] = float,
 ) -> tuple[float | None, dict[str, float]]:
-    """The option of ``options`` that, set as the samples' kind's entry of the runner's ``setting``, gives the best
-    box mAP@0.5, kept only when it beats no entry (the table's ``none`` column) by ``BOX_SOURCE_MARGIN``. Returns
-    (chosen or None, mAP per option)."""
+    """The option of ``options`` that, set as the samples' kind's entry of the runner's ``setting`` (as ``entry``
+    makes it of the option), gives the best box mAP@0.5, kept only when it beats no entry (the table's ``none``
+    column) by ``BOX_SOURCE_MARGIN``. Returns (chosen or None, mAP per option)."""
     kind = samples[0].kind
     table = {none: _box_map(runner, samples, raws)}
     for option in options:
-        setting[kind] = option
+        setting[kind] = entry(option)
         table[f"{option:g}"] = _box_map(runner, samples, raws)
     del setting[kind]
     best = max(options, key=lambda o: table[f"{o:g}"])
@@ -444,7 +445,6 @@ def choose_region_model(
     """The region model fitted on the ``fit`` phantoms' boxes (:func:`region_examples`), with the power of
     ``REGION_POWERS`` that gives the best box mAP@0.5 on ``samples``; kept only when it beats no weighing by
     ``BOX_SOURCE_MARGIN``. Returns (chosen or None, {"regions", "accuracy", "map": mAP per power, "none"})."""
-    kind = samples[0].kind
     features, truth = region_examples(runner, *fit)
     labels = tuple(sorted({t for t in truth if truth.count(t) >= REGION_MIN_BOXES}, key=LABEL_KEYS.index))
     if len(labels) < 2:
@@ -456,20 +456,18 @@ def choose_region_model(
     table: dict[str, Any] = {
         "regions": len(truth),
         "accuracy": round(float(np.mean([g == t for g, t in zip(guessed, truth, strict=True)])), 4),
-        "map": {},
     }
-    for power in (None, *REGION_POWERS):
-        if power is not None:
-            runner.region_models[kind] = replace(model, power=power)
-        table["map"]["none" if power is None else f"{power:g}"] = _box_map(runner, samples, raws)
-    del runner.region_models[kind]
-    best = max(REGION_POWERS, key=lambda p: table["map"][f"{p:g}"])
-    log.info(
-        "region model %s: mAP %.3f at power %g (none %.3f)", kind, table["map"][f"{best:g}"], best, table["map"]["none"]
+    best, table["map"] = _sweep_box_map(
+        runner,
+        samples,
+        raws,
+        runner.region_models,
+        REGION_POWERS,
+        "none",
+        "region model power",
+        lambda power: replace(model, power=power),
     )
-    if table["map"][f"{best:g}"] > table["map"]["none"] + BOX_SOURCE_MARGIN:
-        return replace(model, power=best), table
-    return None, table
+    return (None if best is None else replace(model, power=best)), table
 
 
 def choose_thresholds(kind: str, samples: list[Sample], raws: list[dict[str, Any]]) -> dict[str, float]:

@@ -366,15 +366,19 @@ def _label_slot(ndim: int, axis: int, index: int) -> tuple[int | slice, ...]:
     return tuple(index if a == axis else slice(None) for a in range(ndim))
 
 
+def _box_window(box: DetectedBox) -> tuple[slice, slice]:
+    """The rows and columns of the pixels ``box`` touches, at least one of each (a box under a pixel reads it)."""
+    r0, c0 = int(box.y0), int(box.x0)
+    return slice(r0, max(int(np.ceil(box.y1)), r0 + 1)), slice(c0, max(int(np.ceil(box.x1)), c0 + 1))
+
+
 def seg_support(seg: np.ndarray, box: DetectedBox, index: int) -> float:
     """How surely the label's own segmentation shows a lesion inside ``box``: the 90th percentile of its
     probability over the box (``seg`` (L,h,w), label ``index``). A CenterNet peak the segmentation does not back
     lies on nothing; :func:`label_share`, a ratio between the focal labels, cannot tell that (bundle 0.19.1, 600
     validation radiographs: of the consolidation boxes scoring over 0.1, 38 % touched a drawn lesion; many of the
     rest lay on the soft tissue beside and below the lungs)."""
-    r0, c0 = int(box.y0), int(box.x0)
-    r1, c1 = max(int(np.ceil(box.y1)), r0 + 1), max(int(np.ceil(box.x1)), c0 + 1)
-    values = seg[index, r0:r1, c0:c1].ravel()
+    values = seg[(index, *_box_window(box))].ravel()
     # np.percentile's linear interpolation by partial sort: it runs on every box of every slice of a volume
     rank = SUPPORT_PERCENTILE / 100 * (values.size - 1)
     low = int(rank)
@@ -391,9 +395,7 @@ def label_share(seg: np.ndarray, box: DetectedBox, index: int, rivals: Sequence[
     mass and consolidation channels at once, and those look-alike boxes outranked true ones (on bundle 0.8.0's
     300 validation radiographs 28 of the mass boxes ranked above 90 % recall lay on consolidations, 24 on
     nodules)."""
-    r0, c0 = int(box.y0), int(box.x0)
-    r1, c1 = max(int(np.ceil(box.y1)), r0 + 1), max(int(np.ceil(box.x1)), c0 + 1)
-    means = seg[:, r0:r1, c0:c1].reshape(seg.shape[0], -1).mean(axis=1)
+    means = seg[(slice(None), *_box_window(box))].reshape(seg.shape[0], -1).mean(axis=1)
     return float(means[index] / max(float(means[list(rivals)].max()), 1e-6))
 
 

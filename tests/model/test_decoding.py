@@ -38,6 +38,46 @@ def _case(i: int, labels: list[int]) -> tuple[Sample, dict[str, np.ndarray]]:
     return sample, {"seg": seg}
 
 
+def _one_lesion(
+    i: int,
+    label: int,
+    drawn: np.ndarray,
+    seg: np.ndarray,
+    image: np.ndarray | None = None,
+    heatmap: np.ndarray | None = None,
+    size: np.ndarray | None = None,
+    diameter_mm: float = 20.0,
+) -> tuple[Sample, dict[str, np.ndarray]]:
+    """A 64 x 64 radiograph drawn with one lesion of ``label`` (its mask ``drawn``, its box that mask's), and the
+    graph outputs the calibration decodes on it: ``seg`` (L,64,64), a CenterNet heatmap and size map where given
+    (zeros otherwise), every label's probability 1."""
+    image = np.zeros((64, 64), np.float32) if image is None else image.astype(np.float32)
+    rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+    box = (-1, label, float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    present = np.zeros(len(LABEL_KEYS), np.float32)
+    present[label] = 1.0
+    cls = (drawn * (label + 1)).astype(np.uint8)
+    lesions = {"lesions": [(LABEL_KEYS[label], "right upper lobe", "right", diameter_mm, None)]}
+    sample = Sample("cxr", i, image.astype(np.float16), cls, present, [box], {}, [], extra=lesions)
+    grid = np.zeros((2, 16, 16), np.float32)
+    raw = {
+        "seg": seg,
+        "probs": np.ones(len(LABEL_KEYS), np.float32),
+        "image": image,
+        "heatmap": np.zeros((len(LABEL_KEYS), 16, 16), np.float32) if heatmap is None else heatmap,
+        "size": grid if size is None else size,
+        "offset": grid,
+    }
+    return sample, raw
+
+
+def _square() -> np.ndarray:
+    """The drawn lesion of the box-ranking tests: rows and columns 10-29."""
+    drawn = np.zeros((64, 64), bool)
+    drawn[10:30, 10:30] = True
+    return drawn
+
+
 def test_thresholds_follow_the_dice_of_each_label() -> None:
     cases = [_case(i, [FAINT, SHARP, WRONG]) for i in range(8)] + [_case(i, [RARE]) for i in range(MASK_MIN_CASES - 1)]
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
@@ -353,18 +393,9 @@ def test_rival_boxes_are_demoted_where_that_raises_box_map() -> None:
             seg[label, 10:30, 10:30] = 0.9 if label == mass else 0.52
             if label == mass:
                 seg[consolidation, 10:30, 10:30] = shadow
-            cls = np.zeros((64, 64), np.uint8)
-            cls[10:30, 10:30] = label + 1
-            present = np.zeros(len(keys), np.float32)
-            present[label] = 1.0
-            box = (-1, label, 10.0, 10.0, 30.0, 30.0)
-            lesions = {"lesions": [(keys[label], "right upper lobe", "right", 20.0, None)]}
-            samples.append(Sample("cxr", i, np.zeros((64, 64), np.float16), cls, present, [box], {}, [], extra=lesions))
-            raws.append(
-                {"seg": seg, "probs": np.ones(len(keys), np.float32), "image": np.zeros((64, 64), np.float32)}
-                | {"heatmap": np.zeros((len(keys), 16, 16), np.float32), "size": np.zeros((2, 16, 16), np.float32)}
-                | {"offset": np.zeros((2, 16, 16), np.float32)}
-            )
+            sample, raw = _one_lesion(i, label, _square(), seg)
+            samples.append(sample)
+            raws.append(raw)
         return samples, raws
 
     chosen, table = choose_rival_factor(runner, *cases(0.8))
@@ -400,18 +431,10 @@ def test_box_support_is_weighed_in_where_peaks_lie_on_nothing() -> None:
             if stray:  # its channel faintly lit there: no other focal label's, so its label share is whole
                 heat[consolidation, 12, 12] = 0.7
                 seg[consolidation, 38:58, 38:58] = 0.1
-            cls = np.zeros((64, 64), np.uint8)
-            cls[10:30, 10:30] = consolidation + 1
-            present = np.zeros(len(keys), np.float32)
-            present[consolidation] = 1.0
-            box = (-1, consolidation, 10.0, 10.0, 30.0, 30.0)
-            lesions = {"lesions": [("consolidation", "right upper lobe", "right", 20.0, None)]}
-            samples.append(Sample("cxr", i, np.zeros((64, 64), np.float16), cls, present, [box], {}, [], extra=lesions))
-            raws.append(
-                {"seg": seg, "probs": np.ones(len(keys), np.float32), "image": np.zeros((64, 64), np.float32)}
-                | {"heatmap": heat, "size": np.full((2, 16, 16), 20 / 64, np.float32)}
-                | {"offset": np.zeros((2, 16, 16), np.float32)}
-            )
+            size = np.full((2, 16, 16), 20 / 64, np.float32)
+            sample, raw = _one_lesion(i, consolidation, _square(), seg, heatmap=heat, size=size)
+            samples.append(sample)
+            raws.append(raw)
         return samples, raws
 
     chosen, table = choose_support_power(runner, *cases(stray=True))
@@ -457,18 +480,9 @@ def test_the_region_model_is_kept_where_the_opacities_tell_the_labels_apart() ->
             drawn = image > 0.3 if label == consolidation and telling else image > 0.45
             seg = np.zeros((len(keys), 64, 64), np.float32)
             seg[[mass, consolidation]] = 0.9 * drawn
-            rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
-            box = (-1, label, float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
-            present = np.zeros(len(keys), np.float32)
-            present[label] = 1.0
-            cls = (drawn * (label + 1)).astype(np.uint8)
-            lesions = {"lesions": [(keys[label], "right upper lobe", "right", 40.0, None)]}
-            samples.append(Sample("cxr", i, image.astype(np.float16), cls, present, [box], {}, [], extra=lesions))
-            raws.append(
-                {"seg": seg, "probs": np.ones(len(keys), np.float32), "image": image.astype(np.float32)}
-                | {"heatmap": np.zeros((len(keys), 16, 16), np.float32), "size": np.zeros((2, 16, 16), np.float32)}
-                | {"offset": np.zeros((2, 16, 16), np.float32)}
-            )
+            sample, raw = _one_lesion(i, label, drawn, seg, image=image, diameter_mm=40.0)
+            samples.append(sample)
+            raws.append(raw)
         return samples, raws
 
     samples, raws = cases(telling=True)
