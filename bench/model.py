@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=REPO / "models" / "bundled")
     ap.add_argument("--checkpoint", type=Path, default=REPO / "models" / "runs" / "latest" / "checkpoint.pt")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "model.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)

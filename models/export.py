@@ -27,7 +27,7 @@ from models.tokenizer import SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "dicom-agent-unimodal"
-BUNDLE_VERSION = "0.19.2"
+BUNDLE_VERSION = "0.19.3"
 OPSET = 18
 
 

@@ -156,8 +156,8 @@ def calibrate(
 ) -> None:
     """Re-choose a bundle's decoding (decision threshold, mask threshold, delineation, fluid level and water band,
     box source, the boxes' weighing by their own masks' support, rival boxes' factor, the radiograph opacity model,
-    whether masks give a side and the source-grid size fraction, per label) on validation phantoms and record it in
-    manifest.json; the graphs are unchanged, so no checkpoint is needed."""
+    boxes drawn as their masks' outlines, whether masks give a side and the source-grid size fraction, per label)
+    on validation phantoms and record it in manifest.json; the graphs are unchanged, so no checkpoint is needed."""
     _logging()
     from models.decoding import write_calibration
 
@@ -189,6 +189,8 @@ def calibrate(
         out(f"{kind} focal boxes weighed by what their opacity looks like (power {region['power']:g})")
     for kind, power in decoding.get("support_power", {}).items():
         out(f"{kind} focal boxes weighed by their own segmentation's support (power {power:g})")
+    for kind, keys in decoding.get("box_outline", {}).items():
+        out(f"{kind} boxes drawn as their mask's outline: " + ", ".join(keys))
     for kind, keys in decoding["unsided"].items():
         out(f"{kind} reported without a side (masks do not tell it): " + ", ".join(keys))
     reaches = decoding.get("size_reach", {})

@@ -116,6 +116,9 @@ def test_export_records_mask_thresholds_the_runner_applies(smoke_bundle: Path) -
     # box support by the segmentation was tried on every kind
     assert set(decoding["calibration"]["support_map"]) == {"cxr", "ct", "pet"}
     assert runner.support_power == decoding.get("support_power", {})
+    # outlining peak boxes by their masks was tried on every kind
+    assert set(decoding["calibration"]["outline_ap"]) == {"cxr", "ct", "pet"}
+    assert runner.box_outline == {kind: set(keys) for kind, keys in decoding.get("box_outline", {}).items()}
     assert set(runner.region_models) == set(decoding.get("region_model", {})) <= {"cxr"}
 
 
@@ -381,6 +384,7 @@ def test_rival_boxes_are_demoted_where_that_raises_box_map() -> None:
 
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
     runner.delineation, runner.rival_factor, runner.mask_thresholds, runner.support_power = {}, {}, {}, {}
+    runner.box_outline = {}
     keys = runner.label_keys
     mass, consolidation = keys.index("mass"), keys.index("consolidation")
     runner.box_source = {"cxr": {key: "mask" for key in keys}}
@@ -417,7 +421,7 @@ def test_box_support_is_weighed_in_where_peaks_lie_on_nothing() -> None:
 
     runner = BundleRunner(BUNDLE, device="cpu", verify=False)
     runner.delineation, runner.mask_thresholds, runner.box_source = {}, {}, {}
-    runner.rival_factor, runner.region_models, runner.support_power = {}, {}, {}
+    runner.rival_factor, runner.region_models, runner.support_power, runner.box_outline = {}, {}, {}, {}
     keys = runner.label_keys
     consolidation = keys.index("consolidation")
 
@@ -442,6 +446,43 @@ def test_box_support_is_weighed_in_where_peaks_lie_on_nothing() -> None:
     assert runner.support_power == {}  # left as it was
     chosen, table = choose_support_power(runner, *cases(stray=False))
     assert chosen is None and set(table.values()) == {1.0}
+
+
+def test_peak_boxes_take_their_masks_outline_where_the_peaks_size_misses() -> None:
+    """Radiographs with a wide consolidation (36 x 20 pixels) its mask shows whole and its CenterNet peak finds at
+    the right centre: sized 16 x 16 the peak's box misses it at IoU 0.5 (0.36) and the mask's outline finds it, so
+    outlines are chosen; sized right they gain nothing and are not. A label whose boxes come from its mask is not
+    tried."""
+    from models.decoding import choose_box_outlines
+
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    runner.delineation, runner.mask_thresholds, runner.box_source = {}, {}, {}
+    runner.rival_factor, runner.region_models, runner.support_power, runner.box_outline = {}, {}, {}, {}
+    keys = runner.label_keys
+    consolidation = keys.index("consolidation")
+    drawn = np.zeros((64, 64), bool)
+    drawn[10:30, 10:46] = True
+
+    def cases(width: float, height: float) -> tuple[list[Sample], list[dict[str, np.ndarray]]]:
+        samples, raws = [], []
+        for i in range(MASK_MIN_CASES):
+            seg = np.zeros((len(keys), 64, 64), np.float32)
+            seg[consolidation][drawn] = 0.6
+            heat = np.zeros((len(keys), 16, 16), np.float32)
+            heat[consolidation, 5, 7] = 0.5  # centre (28, 20): the drawn box's
+            size = np.stack([np.full((16, 16), width / 64), np.full((16, 16), height / 64)]).astype(np.float32)
+            sample, raw = _one_lesion(i, consolidation, drawn, seg, heatmap=heat, size=size)
+            samples.append(sample)
+            raws.append(raw)
+        return samples, raws
+
+    chosen, table = choose_box_outlines(runner, *cases(16, 16))
+    assert chosen == ["consolidation"] and table["consolidation"] == {"peaks": 0.0, "outlined": 1.0}
+    assert runner.box_outline == {}  # left as it was
+    chosen, table = choose_box_outlines(runner, *cases(36, 20))
+    assert chosen == [] and table["consolidation"] == {"peaks": 1.0, "outlined": 1.0}
+    runner.box_source = {"cxr": {"consolidation": "mask"}}
+    assert choose_box_outlines(runner, *cases(16, 16)) == ([], {})
 
 
 def test_size_calibration_in_processes_chooses_as_one_process(monkeypatch: pytest.MonkeyPatch) -> None:

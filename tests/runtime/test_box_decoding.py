@@ -18,6 +18,7 @@ from dicom_agent.inference.onnx_runner import (
     label_share,
     mask_component_boxes,
     mask_components,
+    outline_by_mask,
     seg_support,
     threshold_mask,
     voxel_noise,
@@ -196,7 +197,7 @@ def test_a_peak_its_segmentation_does_not_back_ranks_below_one_it_does() -> None
     size, offset = np.full((2, 16, 16), 20 / 64, np.float32), np.zeros((2, 16, 16), np.float32)
     probs = np.ones(len(keys), np.float32)
     runner.box_source, runner.rival_factor, runner.region_models = {}, {}, {}
-    runner.support_power = {}
+    runner.support_power, runner.box_outline = {}, {}
     found = [b for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3) if b.label == "consolidation"]
     assert [(b.x0, round(b.score, 3)) for b in found] == [(38, 0.7), (10, 0.5)]
     runner.support_power = {"cxr": 1.0}
@@ -204,6 +205,50 @@ def test_a_peak_its_segmentation_does_not_back_ranks_below_one_it_does() -> None
     assert [(b.x0, round(b.score, 3)) for b in found] == [(10, 0.3), (38, 0.07)]
     runner.support_power = {"ct": 1.0}  # another kind's setting leaves radiographs alone
     assert runner.boxes("cxr", heat, size, offset, seg, probs, 0.3)[0].x0 == 38
+
+
+def test_a_peak_box_takes_the_outline_of_the_mask_component_it_overlaps_most() -> None:
+    """Scores stay; only the listed labels' boxes change; a box overlapping no component by OUTLINE_MIN_IOU keeps
+    its own outline."""
+    keys = ["nodule", "mass", "consolidation"]
+    seg = np.zeros((3, 64, 64), np.float32)
+    seg[2, 10:30, 8:40] = 0.7  # the consolidation's mask: wider than the peak's box
+    seg[2, 12:20, 42:50] = 0.7  # a second, smaller component beside it
+    seg[0, 10:30, 8:40] = 0.7  # another label's mask over the same place
+    masks = seg > 0.5
+    boxes = [
+        DetectedBox("consolidation", 0.6, 14, 10, 34, 30),  # IoU 0.625 with the first component, 0 with the second
+        DetectedBox("consolidation", 0.4, 52, 40, 60, 48),  # on nothing the mask shows
+        DetectedBox("nodule", 0.5, 14, 10, 34, 30),  # not a listed label
+    ]
+    out = outline_by_mask(boxes, seg, masks, {"consolidation"}, keys)
+    assert [(b.label, b.score, b.corners) for b in out] == [
+        ("consolidation", 0.6, (8.0, 10.0, 40.0, 30.0)),
+        ("consolidation", 0.4, (52, 40, 60, 48)),
+        ("nodule", 0.5, (14, 10, 34, 30)),
+    ]
+    small = [DetectedBox("consolidation", 0.6, 20, 18, 24, 22)]  # IoU 16/640 with the component: under the bar
+    assert outline_by_mask(small, seg, masks, {"consolidation"}, keys) == small
+
+
+def test_the_runner_outlines_the_boxes_of_the_labels_its_manifest_names() -> None:
+    runner = BundleRunner(BUNDLE, device="cpu", verify=False)
+    keys = runner.label_keys
+    consolidation = keys.index("consolidation")
+    seg = np.zeros((len(keys), 64, 64), np.float32)
+    seg[consolidation, 10:30, 8:40] = 0.8
+    heat = np.zeros((len(keys), 16, 16), np.float32)
+    heat[consolidation, 5, 6] = 0.5  # centre (24, 20), a 20-pixel box
+    size, offset = np.full((2, 16, 16), 20 / 64, np.float32), np.zeros((2, 16, 16), np.float32)
+    probs = np.ones(len(keys), np.float32)
+    runner.box_source, runner.rival_factor, runner.region_models, runner.support_power = {}, {}, {}, {}
+    found = []
+    for outline in ({}, {"cxr": {"consolidation"}}, {"ct": {"consolidation"}}):
+        runner.box_outline = outline
+        found.append([(b.score, b.corners) for b in runner.boxes("cxr", heat, size, offset, seg, probs, 0.3)])
+    assert found[0] == [(pytest.approx(0.5), (14.0, 10.0, 34.0, 30.0))]
+    assert found[1] == [(pytest.approx(0.5), (8.0, 10.0, 40.0, 30.0))]
+    assert found[2] == found[0]
 
 
 def test_a_focal_box_on_another_labels_lesion_ranks_below_the_labels_own() -> None:
