@@ -343,10 +343,7 @@ def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, 
     """Per focal label of the samples' kind: "mask" where the segmentation's components (at the runner's
     thresholds) give a higher AP@0.5 than the CenterNet peaks by ``BOX_SOURCE_MARGIN``."""
     kind = samples[0].kind
-    ap = {
-        source: structured_metrics(samples, [decode(runner, kind, raw, source) for raw in raws], {})
-        for source in BOX_SOURCES
-    }
+    ap = {source: _decoded_metrics(runner, samples, raws, source) for source in BOX_SOURCES}
     chosen: dict[str, str] = {}
     for key, entry in ap["heatmap"]["per_label"].items():
         if entry.get("ap50") is None:
@@ -358,10 +355,17 @@ def choose_box_sources(runner: Any, samples: list[Sample], raws: list[dict[str, 
     return chosen
 
 
+def _decoded_metrics(
+    runner: Any, samples: list[Sample], raws: list[dict[str, Any]], box_source: str | None = None
+) -> dict[str, Any]:
+    """:func:`~models.evaluate.structured_metrics` of the samples as the runner decodes them now (``box_source``
+    forcing one box source for every label), at the default thresholds: the box choices read its APs."""
+    return structured_metrics(samples, [decode(runner, samples[0].kind, raw, box_source) for raw in raws], {})
+
+
 def _box_map(runner: Any, samples: list[Sample], raws: list[dict[str, Any]]) -> float:
     """Box mAP@0.5 of the samples as the runner decodes them now, to the 4 decimals the calibration tables keep."""
-    result = structured_metrics(samples, [decode(runner, samples[0].kind, raw) for raw in raws], {})
-    return round(float(result["map50"] or 0.0), 4)
+    return round(float(_decoded_metrics(runner, samples, raws)["map50"] or 0.0), 4)
 
 
 def _sweep_box_map(
@@ -410,11 +414,9 @@ def choose_rival_factor(
 
 def _label_aps(runner: Any, samples: list[Sample], raws: list[dict[str, Any]]) -> dict[str, float]:
     """Box AP@0.5 per focal label of the samples' kind as the runner decodes them now (4 decimals)."""
-    kind = samples[0].kind
-    result = structured_metrics(samples, [decode(runner, kind, raw) for raw in raws], {})
     return {
         key: round(float(entry["ap50"]), 4)
-        for key, entry in result["per_label"].items()
+        for key, entry in _decoded_metrics(runner, samples, raws)["per_label"].items()
         if entry.get("ap50") is not None and LABELS[key].focal
     }
 
